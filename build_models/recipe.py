@@ -1,0 +1,103 @@
+"""Declarative quantization recipes and accuracy budgets: the one place a model's recipe lives."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field
+from typing import Any, Literal
+
+import onnx
+
+CalibrationMethod = Literal["MinMax", "Entropy", "Percentile"]
+QuantType = Literal["QUInt8", "QInt8"]
+
+
+@dataclass(frozen=True)
+class StaticRecipe:
+    """quantize_static in QDQ format with ORT calibration; every argument spelled out."""
+
+    calibrate_method: CalibrationMethod = "MinMax"
+    # U8 activations with S8 weights: ~2x faster than S8/S8 on x86 VNNI (NOTES.md).
+    activation_type: QuantType = "QUInt8"
+    weight_type: QuantType = "QInt8"
+    per_channel: bool = True
+    reduce_range: bool = False
+    activation_symmetric: bool = False
+    weight_symmetric: bool = True
+    calibration_samples: int = 200
+    calibration_batch_size: int = 16
+    op_types_to_quantize: tuple[str, ...] | None = None
+    # Nodes kept in FP32: exact op types and name regexes, resolved against the pre-processed graph.
+    exclude_op_types: tuple[str, ...] = ()
+    exclude_name_patterns: tuple[str, ...] = ()
+    extra_options: Mapping[str, Any] = field(default_factory=dict)
+    skip_symbolic_shape: bool = False
+    method: Literal["static"] = "static"
+
+    def nodes_to_exclude(self, model: onnx.ModelProto) -> list[str]:
+        """Names of the graph's nodes this recipe keeps in FP32."""
+        patterns = [re.compile(p) for p in self.exclude_name_patterns]
+        return [
+            node.name
+            for node in model.graph.node
+            if node.op_type in self.exclude_op_types or any(p.search(node.name) for p in patterns)
+        ]
+
+    def describe(self) -> dict[str, Any]:
+        """The recipe as recorded in model.json."""
+        return _jsonable(asdict(self))
+
+
+@dataclass(frozen=True)
+class DynamicRecipe:
+    """quantize_dynamic: weights INT8 ahead of time, activations quantized per call."""
+
+    weight_type: QuantType = "QInt8"
+    per_channel: bool = True
+    reduce_range: bool = False
+    op_types_to_quantize: tuple[str, ...] | None = None
+    exclude_op_types: tuple[str, ...] = ()
+    extra_options: Mapping[str, Any] = field(default_factory=dict)
+    method: Literal["dynamic"] = "dynamic"
+
+    def describe(self) -> dict[str, Any]:
+        """The recipe as recorded in model.json."""
+        return _jsonable(asdict(self))
+
+
+Recipe = StaticRecipe | DynamicRecipe
+
+
+@dataclass(frozen=True)
+class Budget:
+    """An accuracy budget: a variant's metric must stay above a floor or near FP32's value."""
+
+    metric: str
+    min_value: float | None = None
+    max_drop: float | None = None
+
+    def rule(self) -> str:
+        parts = []
+        if self.min_value is not None:
+            parts.append(f"{self.metric} >= {self.min_value:g}")
+        if self.max_drop is not None:
+            parts.append(f"{self.metric} >= fp32 - {self.max_drop:g}")
+        return " and ".join(parts)
+
+    def bound(self, reference: float | None) -> float:
+        """The lowest passing value, given FP32's value of the metric."""
+        bounds = []
+        if self.min_value is not None:
+            bounds.append(self.min_value)
+        if self.max_drop is not None and reference is not None:
+            bounds.append(reference - self.max_drop)
+        return max(bounds)
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, Mapping):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_jsonable(v) for v in value]
+    return value

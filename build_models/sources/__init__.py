@@ -1,0 +1,12 @@
+"""One module per model source; SOURCES names them for the CLI."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from build_models.sources.base import ModelSource
+from build_models.sources.digits import DigitsSource
+
+SOURCES: dict[str, Callable[[], ModelSource]] = {
+    "digits": DigitsSource,
+}

@@ -1,0 +1,139 @@
+"""The model repository's `model.json` schema: written by build_models, read by the service."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+MANIFEST_FILE = "model.json"
+SCHEMA_VERSION = 1
+
+Task = Literal["image-classification", "text-embedding", "text-recognition"]
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class TensorSpec(_Model):
+    """One graph input or output in Open Inference Protocol terms (-1 marks a dynamic axis)."""
+
+    name: str
+    datatype: str
+    shape: list[int]
+
+
+class ImagePreprocessing(_Model):
+    """How an uploaded image becomes the model's NCHW float tensor."""
+
+    kind: Literal["image"] = "image"
+    color: Literal["L", "RGB"]
+    height: int
+    width: int
+    resize: Literal["stretch", "keep-aspect-pad-right"]
+    invert: bool = False
+    # value = ((pixel / 255, inverted if asked) * scale - mean) / std, per channel
+    scale: float = 1.0
+    mean: list[float] = Field(default_factory=lambda: [0.0])
+    std: list[float] = Field(default_factory=lambda: [1.0])
+
+
+class TextPreprocessing(_Model):
+    """How sentences become token ids: the model's own tokenizer file, padded per batch."""
+
+    kind: Literal["text"] = "text"
+    tokenizer: str
+    max_length: int
+
+
+Preprocessing = Annotated[ImagePreprocessing | TextPreprocessing, Field(discriminator="kind")]
+
+
+class SoftmaxPostprocessing(_Model):
+    """Logits to labels with probabilities."""
+
+    kind: Literal["softmax"] = "softmax"
+    labels: list[str]
+
+
+class CtcPostprocessing(_Model):
+    """Greedy CTC decoding of per-timestep probabilities; index 0 is the blank."""
+
+    kind: Literal["ctc"] = "ctc"
+    charset: str
+    blank_index: int = 0
+
+
+class EmbeddingPostprocessing(_Model):
+    """The output already is the embedding (pooled and L2-normalised in the graph)."""
+
+    kind: Literal["embedding"] = "embedding"
+    dimension: int
+
+
+Postprocessing = Annotated[
+    SoftmaxPostprocessing | CtcPostprocessing | EmbeddingPostprocessing,
+    Field(discriminator="kind"),
+]
+
+
+class Sample(_Model):
+    """A held-out example shipped with the model for warm-up, docs and load tests."""
+
+    file: str
+    label: str
+
+
+class GateCheck(_Model):
+    """One accuracy budget check of a variant against FP32."""
+
+    metric: str
+    value: float
+    reference: float | None
+    bound: float
+    passed: bool
+    rule: str
+
+
+class Variant(_Model):
+    """One precision of a model: its file and what the build measured about it."""
+
+    precision: str
+    file: str
+    sha256: str
+    size_bytes: int
+    quantization: dict[str, Any] | None
+    op_counts: dict[str, int]
+    accuracy: dict[str, float]
+    latency_ms: dict[str, float]
+    gate: list[GateCheck] = Field(default_factory=list)
+
+    @property
+    def passed(self) -> bool:
+        return all(check.passed for check in self.gate)
+
+
+class ModelManifest(_Model):
+    """Everything the service needs to know about one model and its variants."""
+
+    schema_version: int = SCHEMA_VERSION
+    name: str
+    task: Task
+    description: str
+    default_variant: str
+    inputs: list[TensorSpec]
+    outputs: list[TensorSpec]
+    preprocessing: Preprocessing
+    postprocessing: Postprocessing
+    samples: list[Sample]
+    build: dict[str, Any]
+    variants: dict[str, Variant]
+
+    @classmethod
+    def read(cls, model_dir: Path) -> ModelManifest:
+        return cls.model_validate_json((model_dir / MANIFEST_FILE).read_text())
+
+    def write(self, model_dir: Path) -> None:
+        (model_dir / MANIFEST_FILE).write_text(self.model_dump_json(indent=2) + "\n")
