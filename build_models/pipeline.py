@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import platform
 import shutil
 import time
@@ -18,7 +17,7 @@ from build_models.evaluate import first_output, interleaved_latency_ms, op_count
 from build_models.quantize import quantize_dynamic_int8, quantize_static_qdq
 from build_models.recipe import Budget, StaticRecipe
 from build_models.sources.base import ModelSource
-from service.manifest import GateCheck, ModelManifest, Variant
+from service.manifest import GateCheck, ModelManifest, Variant, file_sha256
 from service.sessions import open_session
 
 FP32 = "fp32"
@@ -34,14 +33,6 @@ class BuildResult:
 
     manifest: ModelManifest
     failures: list[str] = field(default_factory=list)
-
-
-def sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def gate(
@@ -104,7 +95,7 @@ def build_model(source: ModelSource, out_dir: Path, log: Log) -> BuildResult:
         variant: Variant(
             precision=variant,
             file=str(path.relative_to(model_dir)),
-            sha256=sha256(path),
+            sha256=file_sha256(path),
             size_bytes=path.stat().st_size,
             quantization=recipes[variant],
             op_counts=op_counts(path),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -80,10 +81,15 @@ Postprocessing = Annotated[
 
 
 class Sample(_Model):
-    """A held-out example shipped with the model for warm-up, docs and load tests."""
+    """A held-out example shipped with the model for warm-up, docs and load tests.
 
-    file: str
-    label: str
+    Image models give a file (relative to the model folder) and its label or text;
+    text models give the text itself.
+    """
+
+    file: str | None = None
+    label: str | None = None
+    text: str | None = None
 
 
 class GateCheck(_Model):
@@ -137,3 +143,12 @@ class ModelManifest(_Model):
 
     def write(self, model_dir: Path) -> None:
         (model_dir / MANIFEST_FILE).write_text(self.model_dump_json(indent=2) + "\n")
+
+
+def file_sha256(path: Path) -> str:
+    """Hex sha256 of a file, read in 1 MiB chunks."""
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()

@@ -1,0 +1,49 @@
+"""`python -m service`: serve the model repository with uvicorn (one worker)."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from pathlib import Path
+
+import uvicorn
+
+from service.app import create_app
+from service.config import Settings
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(
+        prog="service", description="Serve FP32 and INT8 models (settings also from EDGE_* env)."
+    )
+    parser.add_argument("--host", help="listen address (EDGE_HOST, default 127.0.0.1)")
+    parser.add_argument("--port", type=int, help="TCP port (EDGE_PORT, default 8000)")
+    parser.add_argument("--repository", type=Path, help="model repository (EDGE_MODEL_REPOSITORY)")
+    parser.add_argument("--log-level", help="critical|error|warning|info|debug (EDGE_LOG_LEVEL)")
+    args = parser.parse_args(argv)
+    overrides = {
+        key: value
+        for key, value in {
+            "host": args.host,
+            "port": args.port,
+            "model_repository": args.repository,
+            "log_level": args.log_level,
+        }.items()
+        if value is not None
+    }
+    settings = Settings(**overrides)
+    logging.basicConfig(
+        level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    uvicorn.run(
+        create_app(settings),
+        host=settings.host,
+        port=settings.port,
+        log_level=settings.log_level,
+        workers=1,
+        timeout_graceful_shutdown=30,
+    )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,59 @@
+"""The app factory: settings in, a FastAPI app out; models load in the background at startup."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+from prometheus_client import make_asgi_app
+
+from service import __version__
+from service.config import Settings
+from service.errors import install_error_handlers
+from service.inference import Inference
+from service.limits import BodyLimit
+from service.metrics import Metrics, new_registry
+from service.registry import Registry
+from service.routes import tasks, v2
+
+log = logging.getLogger(__name__)
+
+
+def create_app(settings: Settings) -> FastAPI:
+    """A fresh app with its own model registry and metrics registry."""
+    registry = Registry(settings)
+    prometheus = new_registry()
+    metrics = Metrics(prometheus)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        registry.discover()
+        metrics.register_variants(registry)
+        # Load in a worker thread so liveness answers (and readiness says 503) while loading.
+        loading = asyncio.create_task(asyncio.to_thread(registry.load))
+        yield
+        if not loading.done():
+            log.info("shutting down while models are still loading")
+        await asyncio.shield(loading)
+
+    app = FastAPI(
+        title="Edge inference service",
+        version=__version__,
+        description=(
+            "FP32 and INT8 ONNX models side by side over the Open Inference Protocol (v2), "
+            "with task endpoints for images and sentences. The variant is the model version."
+        ),
+        lifespan=lifespan,
+    )
+    app.state.settings = settings
+    app.state.registry = registry
+    app.state.inference = Inference(metrics, settings.max_batch_size)
+    install_error_handlers(app)
+    app.include_router(v2.router)
+    app.include_router(tasks.router)
+    app.mount("/metrics", make_asgi_app(registry=prometheus))
+    app.add_middleware(BodyLimit, limit=settings.max_request_bytes)
+    return app

@@ -1,0 +1,159 @@
+"""Task pre- and post-processing, as each model's model.json describes it."""
+
+from __future__ import annotations
+
+import io
+import json
+import math
+from dataclasses import dataclass
+from functools import cached_property
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+from tokenizers import Tokenizer
+
+from service.errors import BadRequest
+from service.manifest import (
+    CtcPostprocessing,
+    ImagePreprocessing,
+    ModelManifest,
+    SoftmaxPostprocessing,
+    TextPreprocessing,
+)
+
+Feed = dict[str, np.ndarray]
+
+# Refuse decompression bombs early: an edge camera frame is far below this.
+Image.MAX_IMAGE_PIXELS = 40_000_000
+
+
+@dataclass(frozen=True)
+class LabelScore:
+    label: str
+    score: float
+
+
+@dataclass(frozen=True)
+class TextScore:
+    text: str
+    confidence: float
+
+
+def decode_image(data: bytes) -> Image.Image:
+    """An uploaded PNG/JPEG/... as a PIL image, or a 400 saying why not."""
+    if not data:
+        raise BadRequest("the uploaded image is empty")
+    try:
+        image = Image.open(io.BytesIO(data))
+        image.load()
+    except Image.DecompressionBombError:
+        raise BadRequest(f"image is over {Image.MAX_IMAGE_PIXELS} pixels") from None
+    except (UnidentifiedImageError, OSError, ValueError):
+        raise BadRequest("cannot decode the uploaded image (send a PNG or JPEG file)") from None
+    return image
+
+
+class Processor:
+    """Turns images and sentences into feeds, and outputs into labels, text or embeddings."""
+
+    def __init__(self, manifest: ModelManifest, model_dir: Path) -> None:
+        self.manifest = manifest
+        self.model_dir = model_dir
+        self.input_names = [spec.name for spec in manifest.inputs]
+
+    # --- images --------------------------------------------------------------------------
+
+    def images_to_feed(self, images: list[Image.Image]) -> Feed:
+        pre = self.manifest.preprocessing
+        if not isinstance(pre, ImagePreprocessing):
+            raise BadRequest(f"model '{self.manifest.name}' does not take images")
+        batch = np.stack([_image_tensor(pre, image) for image in images])
+        return {self.input_names[0]: batch}
+
+    def classify(self, logits: np.ndarray, top_k: int) -> list[list[LabelScore]]:
+        post = self.manifest.postprocessing
+        assert isinstance(post, SoftmaxPostprocessing)
+        shifted = np.exp(logits - logits.max(axis=-1, keepdims=True))
+        probabilities = shifted / shifted.sum(axis=-1, keepdims=True)
+        results = []
+        for row in probabilities:
+            best = np.argsort(-row)[:top_k]
+            results.append([LabelScore(post.labels[i], float(row[i])) for i in best])
+        return results
+
+    def recognize(self, probabilities: np.ndarray) -> list[TextScore]:
+        post = self.manifest.postprocessing
+        assert isinstance(post, CtcPostprocessing)
+        return [ctc_greedy(row, self.charset, post.blank_index) for row in probabilities]
+
+    @cached_property
+    def charset(self) -> list[str]:
+        post = self.manifest.postprocessing
+        assert isinstance(post, CtcPostprocessing)
+        charset: list[str] = json.loads((self.model_dir / post.charset).read_text())
+        return charset
+
+    # --- text ----------------------------------------------------------------------------
+
+    def texts_to_feed(self, texts: list[str]) -> Feed:
+        pre = self.manifest.preprocessing
+        if not isinstance(pre, TextPreprocessing):
+            raise BadRequest(f"model '{self.manifest.name}' does not take text")
+        encodings = self.tokenizer.encode_batch(texts)
+        columns = {
+            "input_ids": [e.ids for e in encodings],
+            "attention_mask": [e.attention_mask for e in encodings],
+            "token_type_ids": [e.type_ids for e in encodings],
+        }
+        return {name: np.asarray(columns[name], dtype=np.int64) for name in self.input_names}
+
+    @cached_property
+    def tokenizer(self) -> Tokenizer:
+        pre = self.manifest.preprocessing
+        assert isinstance(pre, TextPreprocessing)
+        tokenizer = Tokenizer.from_file(str(self.model_dir / pre.tokenizer))
+        tokenizer.enable_truncation(pre.max_length)
+        tokenizer.enable_padding()
+        return tokenizer
+
+    # --- samples -------------------------------------------------------------------------
+
+    def sample_feed(self) -> Feed:
+        """A real input from the model's shipped samples, for warm-up."""
+        sample = self.manifest.samples[0]
+        if sample.text is not None:
+            return self.texts_to_feed([sample.text])
+        assert sample.file is not None
+        return self.images_to_feed([decode_image((self.model_dir / sample.file).read_bytes())])
+
+
+def _image_tensor(pre: ImagePreprocessing, image: Image.Image) -> np.ndarray:
+    """CHW float32 following the manifest: resize, scale to 0..1, invert, scale, normalise."""
+    image = image.convert(pre.color)
+    if pre.resize == "stretch":
+        image = image.resize((pre.width, pre.height), Image.Resampling.BOX)
+    else:
+        width = min(pre.width, max(1, math.ceil(pre.height * image.width / image.height)))
+        image = image.resize((width, pre.height), Image.Resampling.BILINEAR)
+    pixels = np.asarray(image, dtype=np.float32) / 255.0
+    if pixels.ndim == 2:
+        pixels = pixels[:, :, None]
+    if pre.invert:
+        pixels = 1.0 - pixels
+    mean = np.asarray(pre.mean, dtype=np.float32)
+    std = np.asarray(pre.std, dtype=np.float32)
+    chw = ((pixels * pre.scale - mean) / std).transpose(2, 0, 1)
+    if chw.shape[2] < pre.width:  # keep-aspect: pad on the right with zeros after normalising
+        chw = np.pad(chw, ((0, 0), (0, 0), (0, pre.width - chw.shape[2])))
+    return np.ascontiguousarray(chw, dtype=np.float32)
+
+
+def ctc_greedy(probabilities: np.ndarray, charset: list[str], blank: int = 0) -> TextScore:
+    """Best path decoding: argmax per step, collapse repeats, drop blanks."""
+    best = probabilities.argmax(axis=-1)
+    scores = probabilities.max(axis=-1)
+    keep = (best != blank) & np.concatenate(([True], best[1:] != best[:-1]))
+    text = "".join(charset[i] for i in best[keep] if i < len(charset))
+    confidence = float(scores[keep].mean()) if keep.any() else 0.0
+    return TextScore(text, confidence)

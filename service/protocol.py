@@ -1,0 +1,335 @@
+"""Open Inference Protocol v2 codec: JSON tensors and the binary tensor data extension."""
+
+from __future__ import annotations
+
+import json
+import math
+import struct
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from service.errors import BadRequest
+
+HEADER_LENGTH = "Inference-Header-Content-Length"
+
+DATATYPES: dict[str, np.dtype[Any]] = {
+    "BOOL": np.dtype(np.bool_),
+    "UINT8": np.dtype(np.uint8),
+    "UINT16": np.dtype(np.uint16),
+    "UINT32": np.dtype(np.uint32),
+    "UINT64": np.dtype(np.uint64),
+    "INT8": np.dtype(np.int8),
+    "INT16": np.dtype(np.int16),
+    "INT32": np.dtype(np.int32),
+    "INT64": np.dtype(np.int64),
+    "FP16": np.dtype(np.float16),
+    "FP32": np.dtype(np.float32),
+    "FP64": np.dtype(np.float64),
+    "BYTES": np.dtype(np.object_),
+}
+_DATATYPE_OF = {dtype: name for name, dtype in DATATYPES.items()}
+
+
+def datatype_of(array: np.ndarray) -> str:
+    """The v2 datatype name of a numpy array."""
+    if array.dtype.kind in "OSU":
+        return "BYTES"
+    return _DATATYPE_OF[array.dtype]
+
+
+# --- wire schemas (also what /docs shows) -------------------------------------------------
+
+
+class _Wire(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class RequestInput(_Wire):
+    name: str
+    shape: list[int]
+    datatype: str
+    parameters: dict[str, Any] | None = None
+    data: Any = None
+
+
+class RequestOutput(_Wire):
+    name: str
+    parameters: dict[str, Any] | None = None
+
+
+class InferenceRequest(_Wire):
+    id: str | None = None
+    parameters: dict[str, Any] | None = None
+    inputs: list[RequestInput] = Field(min_length=1)
+    outputs: list[RequestOutput] | None = None
+
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "examples": [
+                {
+                    "id": "42",
+                    "inputs": [
+                        {
+                            "name": "input",
+                            "shape": [1, 1, 8, 8],
+                            "datatype": "FP32",
+                            "data": [0.0] * 64,
+                        }
+                    ],
+                }
+            ]
+        },
+    )
+
+
+class ResponseOutput(_Wire):
+    name: str
+    shape: list[int]
+    datatype: str
+    parameters: dict[str, Any] | None = None
+    data: list[Any] | None = None
+
+
+class InferenceResponse(_Wire):
+    model_name: str
+    model_version: str | None = None
+    id: str | None = None
+    parameters: dict[str, Any] | None = None
+    outputs: list[ResponseOutput]
+
+
+# --- decoding --------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class DecodedRequest:
+    """A request with its tensors as numpy arrays and the output encoding it asked for."""
+
+    id: str | None
+    inputs: dict[str, np.ndarray]
+    outputs: list[str] | None
+    binary_outputs: dict[str, bool]
+    binary_default: bool
+
+    def wants_binary(self, output: str) -> bool:
+        """Per-output binary_data wins over the request's binary_data_output."""
+        return self.binary_outputs.get(output, self.binary_default)
+
+
+def split_body(body: bytes, header_length: str | None) -> tuple[bytes, bytes]:
+    """Separate the JSON header from the binary tensor data that follows it."""
+    if header_length is None:
+        return body, b""
+    try:
+        length = int(header_length)
+    except ValueError:
+        raise BadRequest(f"{HEADER_LENGTH} must be an integer, got {header_length!r}") from None
+    if not 0 < length <= len(body):
+        raise BadRequest(f"{HEADER_LENGTH} {length} does not fit a {len(body)}-byte body")
+    return body[:length], body[length:]
+
+
+def decode_request(body: bytes, header_length: str | None = None) -> DecodedRequest:
+    """Parse a v2 infer body (JSON, or JSON header + binary tensors) into numpy arrays."""
+    header, binary = split_body(body, header_length)
+    try:
+        request = InferenceRequest.model_validate_json(header)
+    except ValidationError as exc:
+        raise BadRequest(f"malformed inference request: {_first_problem(exc)}") from None
+    offset = 0
+    inputs: dict[str, np.ndarray] = {}
+    for tensor in request.inputs:
+        if tensor.name in inputs:
+            raise BadRequest(f"input '{tensor.name}' is given twice")
+        size = (tensor.parameters or {}).get("binary_data_size")
+        if size is not None:
+            if not isinstance(size, int) or isinstance(size, bool) or size < 0:
+                raise BadRequest(f"input '{tensor.name}': binary_data_size must be an integer")
+            if offset + size > len(binary):
+                raise BadRequest(
+                    f"input '{tensor.name}': binary_data_size {size} runs past the "
+                    f"{len(binary)} bytes of binary data"
+                )
+            inputs[tensor.name] = _from_binary(tensor, binary[offset : offset + size])
+            offset += size
+        else:
+            inputs[tensor.name] = _from_json(tensor)
+    if offset != len(binary):
+        raise BadRequest(f"{len(binary) - offset} bytes of binary data belong to no input")
+
+    params = request.parameters or {}
+    binary_outputs = {
+        out.name: bool(out.parameters["binary_data"])
+        for out in request.outputs or []
+        if out.parameters and "binary_data" in out.parameters
+    }
+    return DecodedRequest(
+        id=request.id,
+        inputs=inputs,
+        outputs=[out.name for out in request.outputs] if request.outputs else None,
+        binary_outputs=binary_outputs,
+        binary_default=bool(params.get("binary_data_output", False)),
+    )
+
+
+def _first_problem(exc: ValidationError) -> str:
+    err = exc.errors()[0]
+    where = ".".join(str(part) for part in err.get("loc", ()))
+    return f"{where}: {err['msg']}" if where else str(err["msg"])
+
+
+def _dtype(tensor: RequestInput) -> np.dtype[Any]:
+    try:
+        return DATATYPES[tensor.datatype]
+    except KeyError:
+        raise BadRequest(
+            f"input '{tensor.name}': unsupported datatype {tensor.datatype!r} "
+            f"(one of {', '.join(DATATYPES)})"
+        ) from None
+
+
+def _element_count(tensor: RequestInput) -> int:
+    if any(dim < 0 for dim in tensor.shape):
+        raise BadRequest(f"input '{tensor.name}': shape {tensor.shape} has a negative dimension")
+    return math.prod(tensor.shape)
+
+
+def _from_binary(tensor: RequestInput, raw: bytes) -> np.ndarray:
+    dtype, count = _dtype(tensor), _element_count(tensor)
+    if tensor.datatype == "BYTES":
+        elements = _unpack_bytes(tensor.name, raw)
+        if len(elements) != count:
+            raise BadRequest(
+                f"input '{tensor.name}': {len(elements)} BYTES elements for shape {tensor.shape}"
+            )
+        return np.array(elements, dtype=object).reshape(tensor.shape)
+    if len(raw) != count * dtype.itemsize:
+        raise BadRequest(
+            f"input '{tensor.name}': {len(raw)} bytes of binary data, but shape {tensor.shape} "
+            f"x {tensor.datatype} needs {count * dtype.itemsize}"
+        )
+    return np.frombuffer(raw, dtype=dtype).reshape(tensor.shape)
+
+
+def _unpack_bytes(name: str, raw: bytes) -> list[bytes]:
+    """BYTES elements on the wire: a 4-byte little-endian length, then the bytes."""
+    elements, offset = [], 0
+    while offset < len(raw):
+        if offset + 4 > len(raw):
+            raise BadRequest(f"input '{name}': truncated BYTES element length")
+        (length,) = struct.unpack_from("<I", raw, offset)
+        offset += 4
+        if offset + length > len(raw):
+            raise BadRequest(f"input '{name}': BYTES element runs past the binary data")
+        elements.append(raw[offset : offset + length])
+        offset += length
+    return elements
+
+
+def _from_json(tensor: RequestInput) -> np.ndarray:
+    dtype, count = _dtype(tensor), _element_count(tensor)
+    if tensor.data is None:
+        raise BadRequest(f"input '{tensor.name}' has neither data nor binary_data_size")
+    if tensor.datatype == "BYTES":
+        flat = list(_flatten(tensor.data))
+        if not all(isinstance(item, str) for item in flat):
+            raise BadRequest(f"input '{tensor.name}': BYTES data must be strings")
+        array = np.array([item.encode() for item in flat], dtype=object)
+    else:
+        try:
+            array = np.asarray(tensor.data)
+        except ValueError:
+            raise BadRequest(f"input '{tensor.name}': data is not a regular nested list") from None
+        array = _cast(tensor, array, dtype)
+    if array.size != count:
+        raise BadRequest(
+            f"input '{tensor.name}': {array.size} values for shape {tensor.shape} ({count})"
+        )
+    return array.reshape(tensor.shape)
+
+
+def _flatten(data: Any) -> Any:
+    if isinstance(data, list):
+        for item in data:
+            yield from _flatten(item)
+    else:
+        yield data
+
+
+def _cast(tensor: RequestInput, array: np.ndarray, dtype: np.dtype[Any]) -> np.ndarray:
+    """Numbers to the declared datatype; never strings, fractions into ints, or overflow."""
+    if array.size == 0:
+        return array.astype(dtype)
+    kind = array.dtype.kind
+    if kind not in "biuf" or (dtype.kind == "b" and kind != "b"):
+        raise BadRequest(f"input '{tensor.name}': data does not hold {tensor.datatype} values")
+    if dtype.kind in "iu":
+        if kind == "f":
+            raise BadRequest(f"input '{tensor.name}': {tensor.datatype} data must be integers")
+        info = np.iinfo(dtype)
+        if array.min() < info.min or array.max() > info.max:
+            raise BadRequest(f"input '{tensor.name}': values out of range for {tensor.datatype}")
+    return array.astype(dtype)
+
+
+# --- encoding --------------------------------------------------------------------------------
+
+
+def encode_response(
+    model: str,
+    version: str,
+    request: DecodedRequest,
+    outputs: dict[str, np.ndarray],
+) -> tuple[bytes, dict[str, str]]:
+    """The response body and headers; binary outputs go after the JSON header."""
+    entries: list[dict[str, Any]] = []
+    chunks: list[bytes] = []
+    for name, array in outputs.items():
+        entry: dict[str, Any] = {
+            "name": name,
+            "shape": list(array.shape),
+            "datatype": datatype_of(array),
+        }
+        if request.wants_binary(name):
+            raw = _pack(array)
+            entry["parameters"] = {"binary_data_size": len(raw)}
+            chunks.append(raw)
+        else:
+            entry["data"] = json_data(array)
+        entries.append(entry)
+    body: dict[str, Any] = {"model_name": model, "model_version": version, "outputs": entries}
+    if request.id is not None:
+        body["id"] = request.id
+    header = json.dumps(body, separators=(",", ":")).encode()
+    if not chunks:
+        return header, {"content-type": "application/json"}
+    return header + b"".join(chunks), {
+        "content-type": "application/octet-stream",
+        HEADER_LENGTH: str(len(header)),
+    }
+
+
+def json_data(array: np.ndarray) -> list[Any]:
+    """A tensor's flattened row-major values as JSON-ready Python objects."""
+    if array.dtype.kind in "OSU":
+        return [_text(item) for item in array.ravel()]
+    values: list[Any] = array.ravel().tolist()
+    return values
+
+
+def _text(item: Any) -> str:
+    return item.decode(errors="replace") if isinstance(item, bytes) else str(item)
+
+
+def _pack(array: np.ndarray) -> bytes:
+    if array.dtype.kind in "OSU":
+        parts = []
+        for item in array.ravel():
+            raw = item if isinstance(item, bytes) else str(item).encode()
+            parts.append(struct.pack("<I", len(raw)) + raw)
+        return b"".join(parts)
+    return np.ascontiguousarray(array).tobytes()

@@ -1,0 +1,140 @@
+"""Task endpoints for people and simple clients: images and sentences in, answers out."""
+
+from __future__ import annotations
+
+import time
+from typing import Annotated, Any
+
+from fastapi import APIRouter, File, Query, UploadFile
+from pydantic import BaseModel, Field
+
+from service.errors import NotFound
+from service.manifest import Task
+from service.processing import decode_image
+from service.registry import ModelEntry
+from service.routes.deps import InferenceDep, RegistryDep
+from service.runtime import ModelRuntime
+
+router = APIRouter(prefix="/tasks", tags=["Tasks"])
+
+Precision = Annotated[
+    str | None,
+    Query(description="Variant to run: fp32, int8, … (default: the model's default variant)"),
+]
+ImageFile = Annotated[UploadFile, File(description="A PNG or JPEG image of any size")]
+
+
+class LabelScoreOut(BaseModel):
+    label: str
+    score: float
+
+
+class ClassifyResponse(BaseModel):
+    model: str
+    version: str
+    labels: list[LabelScoreOut]
+    latency_ms: float
+
+
+class RecognizeResponse(BaseModel):
+    model: str
+    version: str
+    text: str
+    confidence: float
+    latency_ms: float
+
+
+class EmbedRequest(BaseModel):
+    sentences: list[str] = Field(
+        min_length=1,
+        examples=[["A camera on the shelf counts the stock.", "The kiosk prints a receipt."]],
+    )
+
+
+class EmbedResponse(BaseModel):
+    model: str
+    version: str
+    dimension: int
+    embeddings: list[list[float]]
+    latency_ms: float
+
+
+def _resolve(
+    registry: Any, model: str, task: Task, route: str, precision: str | None
+) -> tuple[ModelEntry, ModelRuntime]:
+    entry: ModelEntry = registry.entry(model)
+    if entry.manifest.task != task:
+        raise NotFound(
+            f"model '{model}' is a {entry.manifest.task} model and has no '{route}' task"
+        )
+    return entry, registry.runtime(model, precision)
+
+
+@router.post("/{model}/classify", response_model=ClassifyResponse, summary="Classify an image")
+async def classify(
+    registry: RegistryDep,
+    inference: InferenceDep,
+    model: str,
+    image: ImageFile,
+    precision: Precision = None,
+    top_k: Annotated[int, Query(ge=1, le=100)] = 5,
+) -> ClassifyResponse:
+    entry, runtime = _resolve(registry, model, "image-classification", "classify", precision)
+    async with inference.track(runtime):
+        started = time.perf_counter()
+        feed = entry.processor.images_to_feed([decode_image(await image.read())])
+        outputs = await inference.run(runtime, feed)
+        labels = entry.processor.classify(next(iter(outputs.values())), top_k)[0]
+    return ClassifyResponse(
+        model=model,
+        version=runtime.variant,
+        labels=[LabelScoreOut(label=ls.label, score=ls.score) for ls in labels],
+        latency_ms=(time.perf_counter() - started) * 1000.0,
+    )
+
+
+@router.post(
+    "/{model}/recognize", response_model=RecognizeResponse, summary="Read the text in an image"
+)
+async def recognize(
+    registry: RegistryDep,
+    inference: InferenceDep,
+    model: str,
+    image: ImageFile,
+    precision: Precision = None,
+) -> RecognizeResponse:
+    entry, runtime = _resolve(registry, model, "text-recognition", "recognize", precision)
+    async with inference.track(runtime):
+        started = time.perf_counter()
+        feed = entry.processor.images_to_feed([decode_image(await image.read())])
+        outputs = await inference.run(runtime, feed)
+        result = entry.processor.recognize(next(iter(outputs.values())))[0]
+    return RecognizeResponse(
+        model=model,
+        version=runtime.variant,
+        text=result.text,
+        confidence=result.confidence,
+        latency_ms=(time.perf_counter() - started) * 1000.0,
+    )
+
+
+@router.post("/{model}/embed", response_model=EmbedResponse, summary="Embed sentences")
+async def embed(
+    registry: RegistryDep,
+    inference: InferenceDep,
+    model: str,
+    body: EmbedRequest,
+    precision: Precision = None,
+) -> EmbedResponse:
+    entry, runtime = _resolve(registry, model, "text-embedding", "embed", precision)
+    async with inference.track(runtime):
+        started = time.perf_counter()
+        outputs = await inference.run(runtime, entry.processor.texts_to_feed(body.sentences))
+        embeddings = next(iter(outputs.values()))
+    return EmbedResponse(
+        model=model,
+        version=runtime.variant,
+        dimension=int(embeddings.shape[-1]),
+        embeddings=embeddings.tolist(),
+        latency_ms=(time.perf_counter() - started) * 1000.0,
+    )

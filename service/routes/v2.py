@@ -1,0 +1,301 @@
+"""Open Inference Protocol v2 REST routes, plus Triton's config/stats/repository extensions."""
+
+from __future__ import annotations
+
+import time
+import zlib
+from typing import Any
+
+import numpy as np
+from fastapi import APIRouter, Request, Response
+from fastapi.responses import JSONResponse
+
+from service import __version__
+from service.errors import BadRequest, NotReady, PayloadTooLarge
+from service.protocol import (
+    HEADER_LENGTH,
+    DecodedRequest,
+    InferenceRequest,
+    InferenceResponse,
+    decode_request,
+    encode_response,
+    json_data,
+)
+from service.registry import ModelEntry
+from service.routes.deps import InferenceDep, RegistryDep
+from service.runtime import ModelRuntime
+
+router = APIRouter(prefix="/v2", tags=["Open Inference Protocol v2"])
+
+EXTENSIONS = [
+    "binary_tensor_data",
+    "model_configuration",
+    "statistics",
+    "model_repository",
+    "compare",
+]
+_TRITON_TYPES = {"FP32": "TYPE_FP32", "FP16": "TYPE_FP16", "FP64": "TYPE_FP64",
+                 "INT64": "TYPE_INT64", "INT32": "TYPE_INT32", "INT8": "TYPE_INT8",
+                 "UINT8": "TYPE_UINT8", "BOOL": "TYPE_BOOL", "BYTES": "TYPE_STRING"}  # fmt: skip
+_INFER_BODY = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "application/json": {"schema": InferenceRequest.model_json_schema()},
+            "application/octet-stream": {
+                "schema": {"type": "string", "format": "binary"},
+                "description": f"JSON header of {HEADER_LENGTH} bytes, then binary tensors",
+            },
+        },
+    }
+}
+
+
+@router.get("", summary="Server metadata")
+async def server_metadata() -> dict[str, Any]:
+    return {"name": "edge-inference", "version": __version__, "extensions": EXTENSIONS}
+
+
+@router.get("/health/live", summary="Liveness")
+async def live() -> dict[str, bool]:
+    return {"live": True}
+
+
+@router.get("/health/ready", summary="Readiness: every variant loaded and warmed up")
+async def ready(registry: RegistryDep) -> dict[str, bool]:
+    if not registry.ready:
+        loading = [rt.name for rt in registry.all_runtimes() if not rt.ready]
+        raise NotReady(f"not ready: {', '.join(loading)} not loaded")
+    return {"ready": True}
+
+
+@router.get("/models", summary="Every model with its versions (variants) and their state")
+async def list_models(registry: RegistryDep) -> dict[str, Any]:
+    return {
+        "models": [
+            {
+                "name": entry.name,
+                "task": entry.manifest.task,
+                "default_version": entry.default_variant,
+                "versions": {v: rt.state.value for v, rt in entry.runtimes.items()},
+            }
+            for entry in registry.models.values()
+        ]
+    }
+
+
+@router.get("/models/stats", summary="Statistics of every variant (Triton extension)")
+async def all_stats(registry: RegistryDep) -> dict[str, Any]:
+    return {"model_stats": [_stats(rt) for rt in registry.all_runtimes()]}
+
+
+@router.post("/repository/index", summary="Repository index (Triton extension)")
+async def repository_index(registry: RegistryDep) -> list[dict[str, str]]:
+    return [
+        {"name": rt.model, "version": rt.variant, "state": rt.state.value.upper(),
+         "reason": rt.error or ""}
+        for rt in registry.all_runtimes()
+    ]  # fmt: skip
+
+
+@router.get("/models/{model}", summary="Model metadata (default version)")
+@router.get("/models/{model}/versions/{version}", summary="Model metadata")
+async def model_metadata(
+    registry: RegistryDep, model: str, version: str | None = None
+) -> dict[str, Any]:
+    entry = registry.entry(model)
+    registry.runtime(model, version, ready=False)
+    return {
+        "name": entry.name,
+        "versions": list(entry.runtimes),
+        "platform": "onnxruntime_onnx",
+        "inputs": [spec.model_dump() for spec in entry.manifest.inputs],
+        "outputs": [spec.model_dump() for spec in entry.manifest.outputs],
+        "parameters": {"task": entry.manifest.task, "default_version": entry.default_variant},
+    }
+
+
+@router.get("/models/{model}/ready", summary="Model readiness (default version)")
+@router.get("/models/{model}/versions/{version}/ready", summary="Model readiness")
+async def model_ready(
+    registry: RegistryDep, model: str, version: str | None = None
+) -> dict[str, Any]:
+    runtime = registry.runtime(model, version)
+    return {"name": model, "version": runtime.variant, "ready": True}
+
+
+@router.get("/models/{model}/config", summary="Model configuration (Triton extension)")
+@router.get("/models/{model}/versions/{version}/config", summary="Model configuration")
+async def model_config(
+    registry: RegistryDep, request: Request, model: str, version: str | None = None
+) -> dict[str, Any]:
+    entry = registry.entry(model)
+    registry.runtime(model, version, ready=False)
+    max_batch = request.app.state.settings.max_batch_size
+
+    def tensors(specs: list[Any]) -> list[dict[str, Any]]:
+        return [
+            {"name": s.name, "data_type": _TRITON_TYPES.get(s.datatype, s.datatype),
+             "dims": s.shape[1:]}
+            for s in specs
+        ]  # fmt: skip
+
+    return {
+        "name": entry.name,
+        "platform": "onnxruntime_onnx",
+        "backend": "onnxruntime",
+        "max_batch_size": max_batch,
+        "input": tensors(entry.manifest.inputs),
+        "output": tensors(entry.manifest.outputs),
+        "version_policy": {"specific": {"versions": list(entry.runtimes)}},
+        "parameters": {"default_version": {"string_value": entry.default_variant}},
+    }
+
+
+@router.get("/models/{model}/stats", summary="Statistics (Triton extension, default version)")
+@router.get("/models/{model}/versions/{version}/stats", summary="Statistics")
+async def model_stats(
+    registry: RegistryDep, model: str, version: str | None = None
+) -> dict[str, Any]:
+    entry = registry.entry(model)
+    if version is None:
+        runtimes = list(entry.runtimes.values())
+    else:
+        runtimes = [registry.runtime(model, version, ready=False)]
+    return {"model_stats": [_stats(rt) for rt in runtimes]}
+
+
+@router.post(
+    "/models/{model}/infer",
+    summary="Inference on the default version",
+    response_model=InferenceResponse,
+    openapi_extra=_INFER_BODY,
+)
+@router.post(
+    "/models/{model}/versions/{version}/infer",
+    summary="Inference (JSON or binary tensors)",
+    response_model=InferenceResponse,
+    openapi_extra=_INFER_BODY,
+)
+async def infer(
+    registry: RegistryDep,
+    inference: InferenceDep,
+    request: Request,
+    model: str,
+    version: str | None = None,
+) -> Response:
+    runtime = registry.runtime(model, version)
+    async with inference.track(runtime):
+        decoded = await _decode(request)
+        outputs = await inference.run(runtime, decoded.inputs, decoded.outputs)
+        body, headers = encode_response(model, runtime.variant, decoded, outputs)
+    return Response(content=body, headers=headers)
+
+
+@router.post(
+    "/models/{model}/compare",
+    summary="Run one input through every loaded version and compare their outputs",
+    openapi_extra=_INFER_BODY,
+)
+async def compare(
+    registry: RegistryDep, inference: InferenceDep, request: Request, model: str
+) -> JSONResponse:
+    entry = registry.entry(model)
+    runtimes = [registry.runtime(model, variant) for variant in entry.runtimes]
+    decoded = await _decode(request)
+    results: dict[str, dict[str, np.ndarray]] = {}
+    latency: dict[str, float] = {}
+    for runtime in runtimes:
+        async with inference.track(runtime):
+            started = time.perf_counter()
+            results[runtime.variant] = await inference.run(runtime, decoded.inputs, decoded.outputs)
+            latency[runtime.variant] = (time.perf_counter() - started) * 1000.0
+    reference = "fp32" if "fp32" in results else next(iter(results))
+    return JSONResponse(
+        {
+            "model_name": model,
+            "id": decoded.id,
+            "reference": reference,
+            "versions": {
+                variant: {
+                    "latency_ms": round(latency[variant], 4),
+                    "outputs": [
+                        {"name": n, "shape": list(a.shape), "data": json_data(a)}
+                        for n, a in outputs.items()
+                    ],
+                }
+                for variant, outputs in results.items()
+            },
+            "agreement": {
+                variant: agreement(entry, outputs, results[reference])
+                for variant, outputs in results.items()
+                if variant != reference
+            },
+        }
+    )
+
+
+def agreement(
+    entry: ModelEntry, outputs: dict[str, np.ndarray], reference: dict[str, np.ndarray]
+) -> dict[str, dict[str, float]]:
+    """Per output: max abs diff always; top-1 agreement for classifiers, cosine for embeddings."""
+    figures: dict[str, dict[str, float]] = {}
+    for name, array in outputs.items():
+        ref = reference[name].astype(np.float64)
+        got = array.astype(np.float64)
+        row: dict[str, float] = {"max_abs_diff": float(np.max(np.abs(got - ref)))}
+        if entry.manifest.task == "text-embedding":
+            a, b = got.reshape(len(got), -1), ref.reshape(len(ref), -1)
+            norms = np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1)
+            cosine = np.sum(a * b, axis=1) / np.maximum(norms, 1e-12)
+            row["cosine_mean"], row["cosine_min"] = float(cosine.mean()), float(cosine.min())
+        else:
+            row["top1_agreement"] = float(np.mean(got.argmax(-1) == ref.argmax(-1)))
+        figures[name] = row
+    return figures
+
+
+async def _decode(request: Request) -> DecodedRequest:
+    body = _decompress(await request.body(), request)
+    return decode_request(body, request.headers.get(HEADER_LENGTH))
+
+
+def _decompress(body: bytes, request: Request) -> bytes:
+    """gzip/deflate bodies (tritonclient's request_compression_algorithm), bounded."""
+    encoding = request.headers.get("content-encoding", "identity").lower()
+    if encoding == "identity":
+        return body
+    if encoding not in ("gzip", "deflate"):
+        raise BadRequest(f"unsupported Content-Encoding {encoding!r} (gzip, deflate)")
+    limit = request.app.state.settings.max_request_bytes
+    decompressor = zlib.decompressobj(wbits=31 if encoding == "gzip" else 15)
+    try:
+        out = decompressor.decompress(body, limit + 1)
+    except zlib.error:
+        raise BadRequest(f"body is not valid {encoding} data") from None
+    if len(out) > limit or decompressor.unconsumed_tail:
+        raise PayloadTooLarge(f"decompressed body is over the limit of {limit} bytes")
+    return out
+
+
+def _stats(rt: ModelRuntime) -> dict[str, Any]:
+    s = rt.stats
+    with s.lock:
+        return {
+            "name": rt.model,
+            "version": rt.variant,
+            "last_inference": s.last_inference_ms,
+            "inference_count": s.inference_count,
+            "execution_count": s.success_count,
+            "inference_stats": {
+                "success": {"count": s.success_count, "ns": s.success_ns},
+                "fail": {"count": s.fail_count, "ns": s.fail_ns},
+                "queue": {"count": s.success_count, "ns": s.queue_ns},
+                "compute_input": {"count": s.success_count, "ns": 0},
+                "compute_infer": {"count": s.success_count, "ns": s.compute_ns},
+                "compute_output": {"count": s.success_count, "ns": 0},
+                "cache_hit": {"count": 0, "ns": 0},
+                "cache_miss": {"count": 0, "ns": 0},
+            },
+            "batch_stats": [],
+        }

@@ -1,0 +1,165 @@
+"""One runtime: one ONNX Runtime session for one (model, variant), with its load lifecycle."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from dataclasses import dataclass, field
+from enum import StrEnum
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+from onnxruntime.capi import onnxruntime_pybind11_state as ort_errors
+
+from service.errors import BadRequest, NotReady
+from service.manifest import TensorSpec, file_sha256
+from service.memory import rss_bytes
+from service.sessions import open_session
+
+log = logging.getLogger(__name__)
+
+Feed = dict[str, np.ndarray]
+
+
+# What session.run raises for inputs it cannot take (wrong values, shapes it discovers late).
+_ORT_INPUT_ERRORS = (
+    ort_errors.InvalidArgument,
+    ort_errors.RuntimeException,
+    ort_errors.Fail,
+)
+
+
+class State(StrEnum):
+    REGISTERED = "registered"
+    LOADING = "loading"
+    READY = "ready"
+    FAILED = "failed"
+
+
+@dataclass
+class LoadFacts:
+    """What loading measured: durations and the memory this variant added to the process."""
+
+    load_seconds: float = 0.0
+    warmup_seconds: float = 0.0
+    memory_loaded_bytes: int = 0
+    memory_warm_bytes: int = 0
+
+
+@dataclass
+class Stats:
+    """Cumulative counts for Triton's statistics extension."""
+
+    success_count: int = 0
+    success_ns: int = 0
+    fail_count: int = 0
+    fail_ns: int = 0
+    queue_ns: int = 0
+    compute_ns: int = 0
+    inference_count: int = 0
+    last_inference_ms: int = 0
+    lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+
+class ModelRuntime:
+    """load() verifies the file and opens the session; predict() runs it (off the event loop)."""
+
+    def __init__(
+        self,
+        model: str,
+        variant: str,
+        path: Path,
+        sha256: str,
+        threads: int,
+        inputs: list[TensorSpec],
+        outputs: list[TensorSpec],
+    ) -> None:
+        self.model = model
+        self.variant = variant
+        self.path = path
+        self.sha256 = sha256
+        self.threads = threads
+        self.inputs = inputs
+        self.outputs = outputs
+        self.state = State.REGISTERED
+        self.error: str | None = None
+        self.facts = LoadFacts()
+        self.stats = Stats()
+        self._session: ort.InferenceSession | None = None
+
+    @property
+    def name(self) -> str:
+        return f"{self.model}/{self.variant}"
+
+    @property
+    def ready(self) -> bool:
+        return self.state is State.READY
+
+    def load(self, warmup_feed: Feed, warmup_runs: int) -> None:
+        """Verify sha256, open the session, warm it up with a real sample; never raises."""
+        self.state = State.LOADING
+        try:
+            before = rss_bytes()
+            started = time.perf_counter()
+            digest = file_sha256(self.path)
+            if digest != self.sha256:
+                raise ValueError(f"sha256 mismatch for {self.path}: manifest {self.sha256[:12]}…")
+            self._session = open_session(self.path, self.threads)
+            self.facts.load_seconds = time.perf_counter() - started
+            self.facts.memory_loaded_bytes = max(rss_bytes() - before, 0)
+            started = time.perf_counter()
+            for _ in range(warmup_runs):
+                self._session.run(None, warmup_feed)
+            self.facts.warmup_seconds = time.perf_counter() - started
+            self.facts.memory_warm_bytes = max(rss_bytes() - before, 0)
+        except Exception as exc:  # a broken file must not take the other variants down
+            self.state, self.error, self._session = State.FAILED, str(exc), None
+            log.error("failed to load %s: %s", self.name, exc)
+            return
+        self.state = State.READY
+        log.info(
+            "loaded %s in %.2f s (warm-up %.2f s, +%.1f MB RSS)",
+            self.name,
+            self.facts.load_seconds,
+            self.facts.warmup_seconds,
+            self.facts.memory_warm_bytes / 1e6,
+        )
+
+    def predict(self, feed: Feed, outputs: list[str] | None = None) -> dict[str, np.ndarray]:
+        """Run the session; ORT's complaints about the input values become 400s."""
+        session = self._session
+        if session is None or not self.ready:
+            raise NotReady(f"model '{self.model}' version '{self.variant}' is not ready")
+        names = outputs or [out.name for out in session.get_outputs()]
+        try:
+            results = session.run(names, feed)
+        except _ORT_INPUT_ERRORS as exc:
+            log.info("%s rejected an input: %s", self.name, exc)
+            raise BadRequest(
+                f"model '{self.model}' version '{self.variant}' could not run on this input: "
+                f"{_first_line(str(exc))}"
+            ) from None
+        return dict(zip(names, results, strict=True))
+
+    def record(self, ok: bool, queue_ns: int, compute_ns: int, total_ns: int, batch: int) -> None:
+        """Add one request to the statistics."""
+        with self.stats.lock:
+            stats = self.stats
+            if ok:
+                stats.success_count += 1
+                stats.success_ns += total_ns
+                stats.queue_ns += queue_ns
+                stats.compute_ns += compute_ns
+                stats.inference_count += batch
+            else:
+                stats.fail_count += 1
+                stats.fail_ns += total_ns
+            stats.last_inference_ms = int(time.time() * 1000)
+
+
+def _first_line(message: str) -> str:
+    line = message.strip().splitlines()[0] if message.strip() else "invalid input"
+    # ORT prefixes messages with "[ONNXRuntimeError] : 2 : INVALID_ARGUMENT : ".
+    return line.rsplit(" : ", 1)[-1][:300]
