@@ -25,6 +25,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = parser.parse_args(argv)
     names = [name.strip() for name in args.models.split(",") if name.strip()]
+    if not names:
+        parser.error("--models names no model")
     unknown = sorted(set(names) - set(SOURCES))
     if unknown:
         parser.error(f"unknown model(s) {', '.join(unknown)}; choose from {', '.join(SOURCES)}")

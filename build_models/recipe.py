@@ -77,6 +77,10 @@ class Budget:
     min_value: float | None = None
     max_drop: float | None = None
 
+    def __post_init__(self) -> None:
+        if self.min_value is None and self.max_drop is None:
+            raise ValueError(f"budget for {self.metric} needs min_value or max_drop")
+
     def rule(self) -> str:
         parts = []
         if self.min_value is not None:
@@ -92,6 +96,8 @@ class Budget:
             bounds.append(self.min_value)
         if self.max_drop is not None and reference is not None:
             bounds.append(reference - self.max_drop)
+        if not bounds:
+            raise ValueError(f"budget for {self.metric} is relative, but FP32 has no value")
         return max(bounds)
 
 

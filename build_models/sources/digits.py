@@ -66,9 +66,32 @@ class DigitsSource(ModelSource):
     def export_fp32(self, path: Path) -> None:
         import torch
 
-        torch.manual_seed(SEED)
-        torch.use_deterministic_algorithms(True)
+        threads, deterministic = (
+            torch.get_num_threads(),
+            torch.are_deterministic_algorithms_enabled(),
+        )
         torch.set_num_threads(1)
+        torch.use_deterministic_algorithms(True)
+        try:
+            model = self._train(torch)
+        finally:  # the build may run inside a longer process (tests): leave torch as it was
+            torch.set_num_threads(threads)
+            torch.use_deterministic_algorithms(deterministic)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        torch.onnx.export(
+            model,
+            (torch.zeros(1, 1, 8, 8),),
+            str(path),
+            input_names=["input"],
+            output_names=["logits"],
+            dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}},
+            opset_version=OPSET,
+            dynamo=False,
+        )
+
+    def _train(self, torch: Any) -> Any:
+        """Adam on the training split, fixed seed and single thread so rebuilds are identical."""
+        torch.manual_seed(SEED)
         model = _cnn(torch)
         x = torch.from_numpy(self.images[self.train])
         y = torch.from_numpy(self.labels[self.train])
@@ -81,18 +104,7 @@ class DigitsSource(ModelSource):
                 loss = torch.nn.functional.cross_entropy(model(x[batch]), y[batch])
                 loss.backward()
                 optimiser.step()
-        model.eval()
-        path.parent.mkdir(parents=True, exist_ok=True)
-        torch.onnx.export(
-            model,
-            (torch.zeros(1, 1, 8, 8),),
-            str(path),
-            input_names=["input"],
-            output_names=["logits"],
-            dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}},
-            opset_version=OPSET,
-            dynamo=False,
-        )
+        return model.eval()
 
     def calibration_feeds(self, recipe: StaticRecipe) -> list[Feed]:
         chosen = self.calibration[: recipe.calibration_samples]

@@ -37,10 +37,10 @@ def _run(path: Path, feed: Feed) -> np.ndarray:
 
 
 def _assert_close_to_fp32(fp32: Path, quantized: Path, feed: Feed) -> None:
-    """INT8 outputs within 3% of the FP32 output range: loose enough for 8-bit, tight for bugs."""
+    """INT8 outputs within 5% of the FP32 output range: loose enough for 8-bit, tight for bugs."""
     reference, actual = _run(fp32, feed), _run(quantized, feed)
     assert actual.shape == reference.shape
-    np.testing.assert_allclose(actual, reference, atol=0.03 * np.abs(reference).max())
+    np.testing.assert_allclose(actual, reference, atol=0.05 * np.abs(reference).max())
 
 
 def _shrunk(feed: Feed, factor: float = 0.5) -> Feed:
