@@ -15,7 +15,7 @@ from service.config import Settings
 from service.errors import install_error_handlers
 from service.inference import Inference
 from service.limits import BodyLimit
-from service.metrics import Metrics, new_registry
+from service.metrics import Metrics, RejectedRequests, new_registry
 from service.registry import Registry
 from service.routes import tasks, v2
 
@@ -56,4 +56,6 @@ def create_app(settings: Settings) -> FastAPI:
     app.include_router(tasks.router)
     app.mount("/metrics", make_asgi_app(registry=prometheus))
     app.add_middleware(BodyLimit, limit=settings.max_request_bytes)
+    # Added last, so outermost: it also sees BodyLimit's early 413s.
+    app.add_middleware(RejectedRequests, counter=metrics.rejected)
     return app

@@ -8,10 +8,11 @@ from contextlib import asynccontextmanager
 
 import anyio.to_thread
 import numpy as np
+from starlette.exceptions import HTTPException
 
 from service.errors import BadRequest, ServiceError
 from service.manifest import TensorSpec
-from service.metrics import Metrics
+from service.metrics import Metrics, mark_resolved
 from service.protocol import datatype_of
 from service.runtime import Feed, ModelRuntime
 
@@ -27,6 +28,7 @@ class Inference:
     async def track(self, runtime: ModelRuntime) -> AsyncIterator[None]:
         """Count the request, its outcome and its latency under the variant's labels."""
         labels = (runtime.model, runtime.variant)
+        mark_resolved()
         in_flight = self.metrics.in_flight.labels(*labels)
         in_flight.inc()
         started = time.perf_counter()
@@ -34,7 +36,7 @@ class Inference:
         try:
             yield
             status = "200"
-        except ServiceError as exc:
+        except (ServiceError, HTTPException) as exc:  # HTTPException: the body limit's 413
             status = str(exc.status_code)
             raise
         finally:

@@ -1,10 +1,32 @@
-"""Prometheus metrics, declared once per app on its own CollectorRegistry."""
+"""Prometheus metrics, declared once per app on its own CollectorRegistry.
+
+Every inference metric carries `model` and `version` (the variant: fp32, int8, ...), and those
+labels only ever come from the model registry's own (model, variant) pairs: a route resolves
+the runtime first and labels after, so a client's unknown model name never becomes a series.
+Inference requests answered with an error before a variant was resolved (unknown model 404,
+body too large 413, validation 422, not ready 503) are counted by status alone.
+
+Buckets. Latency, queue and compute histograms share one set of 22 buckets, in seconds, from
+50 µs to 10 s: steps of about x1.5-x2.5 below 2.5 ms, where the small INT8 models live (the
+digits CNN answers in ~0.1 ms and its FP32/INT8 difference is of that order), coarser above
+up to the 10 s of a cold OCR batch on a slow box. histogram_quantile interpolates inside a
+bucket, so a quantile is good to about one bucket step; alert thresholds should sit on a
+bucket boundary. Sharing the buckets makes queue and compute time comparable on one panel.
+Cost: 22 buckets x 3 histograms per variant, about 300 series for two models with two
+variants each. Batch sizes use powers of two up to 128 (the default batch limit is 64).
+"""
 
 from __future__ import annotations
 
+import platform
+import sys
 from collections.abc import Iterator
+from contextvars import ContextVar
+from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING
 
+import onnxruntime as ort
 from prometheus_client import (
     CollectorRegistry,
     Counter,
@@ -15,6 +37,10 @@ from prometheus_client import (
 )
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from service import __version__
+from service.memory import cgroup_memory, peak_rss_bytes
 
 if TYPE_CHECKING:
     from service.registry import Registry
@@ -26,6 +52,20 @@ LATENCY_BUCKETS = (
 )  # fmt: skip
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128)
 LABELS = ("model", "version")
+# Outcomes that exist from the first scrape, so rate() and error ratios start at zero.
+RESOLVED_STATUSES = ("200", "400", "500", "503")
+REJECTED_STATUSES = ("400", "404", "413", "422", "503")
+# POSTs here are inference requests (v2 infer/compare and the task endpoints).
+INFERENCE_PREFIXES = ("/v2/models/", "/tasks/")
+# CPU features that decide which ONNX Runtime kernels run (INT8 speed-ups in particular).
+X86_FEATURES = {
+    "avx2": "avx2",
+    "avx512f": "avx512f",
+    "avx512_vnni": "avx512_vnni",
+    "avx_vnni": "avx_vnni",
+    "amx_int8": "amx",
+}
+ARM_FEATURES = {"asimd": "asimd", "asimddp": "asimddp", "i8mm": "i8mm", "sve": "sve"}
 
 
 class Metrics:
@@ -35,7 +75,8 @@ class Metrics:
         self.registry = registry
         self.request_seconds = Histogram(
             "edge_request_duration_seconds",
-            "Inference request latency inside the service, decode to encode.",
+            "Inference request latency inside the service, decode to encode "
+            "(errors after the variant was resolved included).",
             LABELS,
             buckets=LATENCY_BUCKETS,
             registry=registry,
@@ -56,8 +97,16 @@ class Metrics:
         )
         self.requests = Counter(
             "edge_requests",
-            "Inference requests by outcome (HTTP status code).",
+            "Inference requests for a resolved (model, version) by outcome (HTTP status code).",
             (*LABELS, "status"),
+            registry=registry,
+        )
+        self.rejected = Counter(
+            "edge_rejected_requests",
+            "Inference requests answered with an error before a (model, version) was resolved "
+            "(unknown model 404, body too large 413, validation 422, not ready 503); "
+            "by status only, so client-supplied names never become labels.",
+            ("status",),
             registry=registry,
         )
         self.in_flight = Gauge(
@@ -73,6 +122,16 @@ class Metrics:
             buckets=BATCH_BUCKETS,
             registry=registry,
         )
+        build = Gauge(
+            "edge_build_info",
+            "Always 1: service, ONNX Runtime and Python versions, machine, and the CPU "
+            "features ONNX Runtime can use (sorted, comma-joined).",
+            ("version", "onnxruntime", "python", "machine", "cpu_features"),
+            registry=registry,
+        )
+        build.labels(*build_info().values()).set(1)
+        for status in REJECTED_STATUSES:
+            self.rejected.labels(status)
 
     def register_variants(self, registry: Registry) -> None:
         """Pre-create label sets so every variant shows zeros before its first request."""
@@ -82,7 +141,8 @@ class Metrics:
                 metric.labels(*labels)
             self.in_flight.labels(*labels)
             self.batch_size.labels(*labels)
-            self.requests.labels(*labels, "200")
+            for status in RESOLVED_STATUSES:
+                self.requests.labels(*labels, status)
         self.registry.register(VariantCollector(registry))
 
 
@@ -98,8 +158,19 @@ class VariantCollector(Collector):
         )
         memory = GaugeMetricFamily(
             "edge_variant_memory_bytes",
-            "Process RSS growth attributed to the variant while loading (stage=loaded) "
-            "and after warm-up (stage=warm).",
+            "Process RSS growth attributed to the variant: RSS after opening its session "
+            "(stage=loaded) and after its warm-up runs (stage=warm, includes loaded) minus RSS "
+            "just before, measured in the loading thread; variants load one at a time so the "
+            "growth is theirs. Approximate: heap freed by an earlier load can be reused (a "
+            "lower figure), requests served meanwhile add noise; 0 until measured.",
+            labels=(*LABELS, "stage"),
+        )
+        heap = GaugeMetricFamily(
+            "edge_variant_heap_bytes",
+            "malloc'd bytes still in use that loading the variant added (glibc mallinfo2, all "
+            "arenas), stages as edge_variant_memory_bytes. Unlike the RSS figure it does not "
+            "depend on load order (reused freed heap, library pages); the first variant loaded "
+            "also carries ONNX Runtime's one-time set-up (about 1 MB). Absent without glibc.",
             labels=(*LABELS, "stage"),
         )
         size = GaugeMetricFamily(
@@ -115,15 +186,138 @@ class VariantCollector(Collector):
             ready.add_metric(labels, 1.0 if rt.ready else 0.0)
             memory.add_metric([*labels, "loaded"], rt.facts.memory_loaded_bytes)
             memory.add_metric([*labels, "warm"], rt.facts.memory_warm_bytes)
+            for stage, value in (
+                ("loaded", rt.facts.heap_loaded_bytes),
+                ("warm", rt.facts.heap_warm_bytes),
+            ):
+                if value is not None:
+                    heap.add_metric([*labels, stage], value)
             size.add_metric(labels, rt.path.stat().st_size if rt.path.exists() else 0)
             load.add_metric([*labels, "load"], rt.facts.load_seconds)
             load.add_metric([*labels, "warmup"], rt.facts.warmup_seconds)
-        yield from (ready, memory, size, load)
+        yield from (ready, memory, heap, size, load)
+
+
+class MemoryCollector(Collector):
+    """Peak RSS, and the container's memory cgroup where there is one (only files that exist)."""
+
+    def __init__(self, cgroup_root: Path | None = None, proc_cgroup: Path | None = None) -> None:
+        self._paths = {
+            key: value
+            for key, value in (("root", cgroup_root), ("proc_cgroup", proc_cgroup))
+            if value is not None
+        }
+
+    def collect(self) -> Iterator[Metric]:
+        yield GaugeMetricFamily(
+            "edge_process_peak_resident_memory_bytes",
+            "Peak resident set size of the process since it started (getrusage ru_maxrss).",
+            value=peak_rss_bytes(),
+        )
+        cgroup = cgroup_memory(**self._paths)
+        if cgroup is None:
+            return
+        readings = (
+            ("usage", cgroup.usage_bytes, "memory.current / memory.usage_in_bytes, page cache "
+             "included"),
+            ("working_set", cgroup.working_set_bytes, "usage minus inactive file cache, what "
+             "cannot be reclaimed before the OOM killer acts"),
+            ("limit", cgroup.limit_bytes, "memory.max / memory.limit_in_bytes; absent when "
+             "unlimited"),
+            ("peak", cgroup.peak_bytes, "memory.peak / memory.max_usage_in_bytes"),
+        )  # fmt: skip
+        for name, value, detail in readings:
+            if value is not None:
+                yield GaugeMetricFamily(
+                    f"edge_cgroup_memory_{name}_bytes",
+                    f"Memory cgroup of the process (v{cgroup.version}): {detail}.",
+                    value=value,
+                )
+
+
+def cpu_features(cpuinfo: str | None = None) -> str:
+    """The INT8-relevant CPU features in /proc/cpuinfo, sorted and comma-joined ("" if unknown)."""
+    if cpuinfo is None:
+        try:
+            cpuinfo = Path("/proc/cpuinfo").read_text()
+        except OSError:
+            return ""
+    for line in cpuinfo.splitlines():
+        key, _, value = line.partition(":")
+        key = key.strip().lower()
+        if key in ("flags", "features"):
+            wanted = X86_FEATURES if key == "flags" else ARM_FEATURES
+            present = set(value.split())
+            return ",".join(sorted({name for flag, name in wanted.items() if flag in present}))
+    return ""
+
+
+def build_info() -> dict[str, str]:
+    """Label values of edge_build_info."""
+    return {
+        "version": __version__,
+        "onnxruntime": ort.__version__,
+        "python": platform.python_version(),
+        "machine": platform.machine() or sys.platform,
+        "cpu_features": cpu_features(),
+    }
+
+
+@dataclass
+class _Resolution:
+    resolved: bool = False
+
+
+_RESOLUTION: ContextVar[_Resolution | None] = ContextVar("edge_resolution", default=None)
+
+
+def mark_resolved() -> None:
+    """Called by the inference path once a request is labelled with a (model, version)."""
+    resolution = _RESOLUTION.get()
+    if resolution is not None:
+        resolution.resolved = True
+
+
+class RejectedRequests:
+    """ASGI middleware counting inference POSTs that failed before a variant was resolved."""
+
+    def __init__(self, app: ASGIApp, counter: Counter) -> None:
+        self.app = app
+        self.counter = counter
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if (
+            scope["type"] != "http"
+            or scope["method"] != "POST"
+            or not scope["path"].startswith(INFERENCE_PREFIXES)
+        ):
+            await self.app(scope, receive, send)
+            return
+        resolution = _Resolution()
+        token = _RESOLUTION.set(resolution)
+        status: int | None = None
+
+        async def send_status(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = int(message["status"])
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_status)
+        except Exception:
+            status = status or 500  # the server's last-resort handler answers 500
+            raise
+        finally:
+            _RESOLUTION.reset(token)
+            if status is not None and status >= 400 and not resolution.resolved:
+                self.counter.labels(str(status)).inc()
 
 
 def new_registry() -> CollectorRegistry:
-    """A fresh registry with the process and platform collectors (per app, so tests are clean)."""
+    """A fresh registry with the process, platform and memory collectors (per app, for tests)."""
     registry = CollectorRegistry()
-    ProcessCollector(registry=registry)
+    ProcessCollector(registry=registry)  # process_resident_memory_bytes, CPU seconds, fds
     PlatformCollector(registry=registry)
+    registry.register(MemoryCollector())
     return registry

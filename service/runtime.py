@@ -15,7 +15,7 @@ from onnxruntime.capi import onnxruntime_pybind11_state as ort_errors
 
 from service.errors import BadRequest, NotReady
 from service.manifest import TensorSpec, file_sha256
-from service.memory import rss_bytes
+from service.memory import heap_bytes, rss_bytes
 from service.sessions import open_session
 
 log = logging.getLogger(__name__)
@@ -46,6 +46,8 @@ class LoadFacts:
     warmup_seconds: float = 0.0
     memory_loaded_bytes: int = 0
     memory_warm_bytes: int = 0
+    heap_loaded_bytes: int | None = None
+    heap_warm_bytes: int | None = None
 
 
 @dataclass
@@ -101,7 +103,7 @@ class ModelRuntime:
         """Verify sha256, open the session, warm it up with a real sample; never raises."""
         self.state = State.LOADING
         try:
-            before = rss_bytes()
+            before, heap_before = rss_bytes(), heap_bytes()
             started = time.perf_counter()
             digest = file_sha256(self.path)
             if digest != self.sha256:
@@ -109,11 +111,13 @@ class ModelRuntime:
             self._session = open_session(self.path, self.threads)
             self.facts.load_seconds = time.perf_counter() - started
             self.facts.memory_loaded_bytes = max(rss_bytes() - before, 0)
+            self.facts.heap_loaded_bytes = _growth(heap_before, heap_bytes())
             started = time.perf_counter()
             for _ in range(warmup_runs):
                 self._session.run(None, warmup_feed)
             self.facts.warmup_seconds = time.perf_counter() - started
             self.facts.memory_warm_bytes = max(rss_bytes() - before, 0)
+            self.facts.heap_warm_bytes = _growth(heap_before, heap_bytes())
         except Exception as exc:  # a broken file must not take the other variants down
             self.state, self.error, self._session = State.FAILED, str(exc), None
             log.error("failed to load %s: %s", self.name, exc)
@@ -157,6 +161,10 @@ class ModelRuntime:
                 stats.fail_count += 1
                 stats.fail_ns += total_ns
             stats.last_inference_ms = int(time.time() * 1000)
+
+
+def _growth(before: int | None, after: int | None) -> int | None:
+    return None if before is None or after is None else max(after - before, 0)
 
 
 def _first_line(message: str) -> str:
