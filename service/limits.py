@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from service.errors import PayloadTooLarge, error_response
+from service.errors import error_response
 
 
 class BodyLimit:
@@ -30,7 +31,9 @@ class BodyLimit:
             if message["type"] == "http.request":
                 seen += len(message.get("body", b""))
                 if seen > self.limit:
-                    raise PayloadTooLarge(self._message())
+                    # HTTPException, not PayloadTooLarge: FastAPI's form parsing re-raises
+                    # HTTPException but turns any other error into 400 "error parsing the body".
+                    raise HTTPException(413, self._message())
             return message
 
         await self.app(scope, limited_receive, send)

@@ -42,8 +42,8 @@ class Server:
     log: Path
 
 
-def start_server(repository: Path, log: Path, **env: str) -> Server:
-    """Start the service as users do and wait until /v2/health/ready says 200."""
+def start_server(repository: Path, log: Path, wait_for: str = "ready", **env: str) -> Server:
+    """Start the service as users do; wait until /v2/health/{wait_for} ("ready", "live") is 200."""
     port = free_port()
     environment = {**os.environ, "EDGE_MODEL_REPOSITORY": str(repository), **env}
     handle = log.open("wb")
@@ -59,13 +59,13 @@ def start_server(repository: Path, log: Path, **env: str) -> Server:
         if process.poll() is not None:
             raise RuntimeError(f"server exited early:\n{log.read_text()}")
         try:
-            if httpx.get(f"{url}/v2/health/ready", timeout=1).status_code == 200:
+            if httpx.get(f"{url}/v2/health/{wait_for}", timeout=1).status_code == 200:
                 return Server(url, f"127.0.0.1:{port}", process, log)
         except httpx.TransportError:
             pass
         time.sleep(0.1)
     stop_server(Server(url, f"127.0.0.1:{port}", process, log))
-    raise RuntimeError(f"server not ready in 60 s:\n{log.read_text()}")
+    raise RuntimeError(f"server not {wait_for} in 60 s:\n{log.read_text()}")
 
 
 def stop_server(server: Server) -> int:
