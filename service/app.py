@@ -7,8 +7,8 @@ import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
-from fastapi import FastAPI
-from prometheus_client import make_asgi_app
+from fastapi import FastAPI, Response
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from service import __version__
 from service.config import Settings
@@ -54,7 +54,12 @@ def create_app(settings: Settings) -> FastAPI:
     install_error_handlers(app)
     app.include_router(v2.router)
     app.include_router(tasks.router)
-    app.mount("/metrics", make_asgi_app(registry=prometheus))
+
+    @app.get("/metrics", include_in_schema=False)
+    def scrape() -> Response:
+        """Prometheus text format; a plain route, so /metrics answers without a redirect."""
+        return Response(generate_latest(prometheus), media_type=CONTENT_TYPE_LATEST)
+
     app.add_middleware(BodyLimit, limit=settings.max_request_bytes)
     # Added last, so outermost: it also sees BodyLimit's early 413s.
     app.add_middleware(RejectedRequests, counter=metrics.rejected)

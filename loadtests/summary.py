@@ -1,0 +1,434 @@
+"""From Locust's records and /metrics scrapes to summary.json: per model x variant x run."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import platform
+import sys
+from collections import defaultdict
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from loadtests import prom, workload
+from service.manifest import ModelManifest
+
+PERCENTILES = (50, 95, 99)
+ALONE = "alone"
+MIXED = "mixed"
+BASELINE = "fp32"
+REQUEST_HISTOGRAM = "edge_request_duration_seconds"
+COMPUTE_HISTOGRAM = "edge_inference_compute_duration_seconds"
+QUEUE_HISTOGRAM = "edge_inference_queue_duration_seconds"
+
+# Ratio keys: (name in the ratios table, path into a result row).
+RATIO_FIELDS: dict[str, tuple[str, ...]] = {
+    "requests_per_s": ("requests_per_s",),
+    "client_p50": ("client_ms", "p50"),
+    "client_p95": ("client_ms", "p95"),
+    "client_p99": ("client_ms", "p99"),
+    "server_p50": ("server_ms", "p50"),
+    "server_p95": ("server_ms", "p95"),
+    "server_p99": ("server_ms", "p99"),
+    "compute_p50": ("server_compute_ms", "p50"),
+    "cpu_seconds_per_request": ("cpu_seconds_per_request",),
+    "variant_memory_warm": ("variant_memory_bytes", "warm"),
+    "variant_memory_loaded": ("variant_memory_bytes", "loaded"),
+}
+
+
+@dataclass
+class RunRecord:
+    """What one Locust run left behind: its files and the /metrics scrapes around it."""
+
+    model: str
+    label: str
+    variants: list[str]
+    directory: Path
+    started: float
+    finished: float
+    exit_code: int
+    before: prom.Snapshot
+    after: prom.Snapshot
+    polls: list[prom.Snapshot]
+
+    @property
+    def kind(self) -> str:
+        return MIXED if len(self.variants) > 1 else ALONE
+
+
+def percentiles_ms(times: list[float]) -> dict[str, float | None]:
+    if not times:
+        empty: dict[str, float | None] = {f"p{p}": None for p in PERCENTILES}
+        return empty | {"mean": None}
+    values = np.asarray(times, dtype=np.float64)
+    out: dict[str, float | None] = {
+        f"p{p}": round(float(np.percentile(values, p)), 4) for p in PERCENTILES
+    }
+    out["mean"] = round(float(values.mean()), 4)
+    return out
+
+
+def server_percentiles_ms(
+    record: RunRecord, histogram: str, model: str, variant: str
+) -> dict[str, float | None]:
+    """Percentiles of one server histogram over the run, from bucket deltas, in ms."""
+    labels = {"model": model, "version": variant}
+    delta = prom.bucket_delta(
+        record.before.buckets(histogram, **labels), record.after.buckets(histogram, **labels)
+    )
+    out: dict[str, float | None] = {}
+    for p in PERCENTILES:
+        value = prom.histogram_quantile(p / 100, delta)
+        out[f"p{p}"] = None if value is None else round(value * 1000, 4)
+    count = _delta(record, f"{histogram}_count", **labels)
+    total = _delta(record, f"{histogram}_sum", **labels)
+    out["mean"] = round(total / count * 1000, 4) if count else None
+    return out
+
+
+def _delta(record: RunRecord, name: str, **labels: str) -> float:
+    return record.after.total(name, **labels) - record.before.total(name, **labels)
+
+
+def ratio(value: float | None, base: float | None) -> float | None:
+    """value / base rounded to 3 places; None when either is missing or base is not > 0."""
+    if value is None or base is None or base <= 0:
+        return None
+    return round(value / base, 3)
+
+
+def _dig(row: dict[str, Any], path: tuple[str, ...]) -> Any:
+    value: Any = row
+    for key in path:
+        if not isinstance(value, dict):
+            return None
+        value = value.get(key)
+    return value
+
+
+def ratios(results: list[dict[str, Any]], baseline: str = BASELINE) -> list[dict[str, Any]]:
+    """Each variant's figures over its model's baseline variant in the same kind of run.
+
+    Alone runs compare with the baseline's alone run; the mixed run compares variants
+    served side by side in one run. Memory ratios are the same in both.
+    """
+    index = {(r["model"], r["run"], r["variant"]): r for r in results}
+    table = []
+    for row in results:
+        base = index.get((row["model"], row["run"], baseline))
+        if base is None or row["variant"] == baseline:
+            continue
+        entry: dict[str, Any] = {
+            "model": row["model"],
+            "variant": row["variant"],
+            "baseline": baseline,
+            "run": row["run"],
+        }
+        for name, path in RATIO_FIELDS.items():
+            entry[name] = ratio(_dig(row, path), _dig(base, path))
+        table.append(entry)
+    return table
+
+
+def read_history(path: Path) -> list[dict[str, str]]:
+    if not path.exists():
+        return []
+    with path.open(newline="") as handle:
+        return list(csv.DictReader(handle))
+
+
+def throughput_series(history: list[dict[str, str]], model: str) -> dict[str, list[list[float]]]:
+    """Requests/s per variant over time, from Locust's full stats history.
+
+    Uses differences of each name's cumulative request count between history rows, so each
+    point is the rate in that interval (Locust's own Requests/s is a 10-s moving window).
+    """
+    counts: dict[str, dict[float, float]] = defaultdict(lambda: defaultdict(float))
+    stamps = [float(row["Timestamp"]) for row in history if row.get("Timestamp")]
+    for row in history:
+        name = row.get("Name", "")
+        if name == "Aggregated" or not name.startswith(f"{model}/"):
+            continue
+        variant = name.split(" ", 1)[0].split("/", 1)[1]
+        counts[variant][float(row["Timestamp"])] += float(row["Total Request Count"] or 0)
+    if not counts:
+        return {}
+    start = min(stamps)  # Locust's first row is written at the start, before any request
+    out: dict[str, list[list[float]]] = {}
+    for variant, series in counts.items():
+        points = sorted({start: 0.0, **series}.items())
+        out[variant] = [
+            [round(t1 - start, 1), round((c1 - c0) / (t1 - t0), 2)]
+            for (t0, c0), (t1, c1) in zip(points, points[1:], strict=False)
+            if t1 > t0
+        ]
+    return out
+
+
+def _kind(name: str) -> str:
+    return name.split(" ", 1)[1] if " " in name else name
+
+
+def summarize_run(
+    record: RunRecord, memory: dict[tuple[str, str], dict[str, float]]
+) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """The run's own row and one result row per variant it drove."""
+    raw_path = record.directory / "requests.json"
+    raw: dict[str, Any] = json.loads(raw_path.read_text()) if raw_path.exists() else {}
+    requests: dict[str, Any] = raw.get("requests", {})
+    # From the test start to the last answer: the stop's wait for in-flight requests is idle.
+    end = float(raw.get("last_response") or raw.get("stopped", 0))
+    seconds = max(1e-9, end - float(raw.get("started", 0)))
+    server_requests = _delta(record, "edge_requests_total", model=record.model)
+    cpu = _delta(record, "process_cpu_seconds_total")
+    rss_series = [
+        [round(s.at - record.started, 1), v]
+        for s in [record.before, *record.polls, record.after]
+        if (v := s.value("process_resident_memory_bytes")) is not None
+    ]
+    rss_values = [v for _, v in rss_series]
+    error = None
+    if not raw:
+        error = f"Locust wrote no request record (exit code {record.exit_code}; see locust.log)"
+    elif not requests:
+        error = "Locust sent no requests (see locust.log)"
+    cpu_per_request = cpu / server_requests if server_requests else None
+    run_row: dict[str, Any] = {
+        "model": record.model,
+        "run": record.label,
+        "kind": record.kind,
+        "variants": record.variants,
+        "started": datetime.fromtimestamp(record.started, UTC).isoformat(timespec="seconds"),
+        "wall_s": round(record.finished - record.started, 2),
+        "measured_s": round(seconds, 2) if raw else None,
+        "locust_exit_code": record.exit_code,
+        "error": error,
+        "server": {
+            "requests": int(server_requests),
+            "cpu_seconds": round(cpu, 4),
+            "cpu_seconds_per_request": None
+            if cpu_per_request is None
+            else round(cpu_per_request, 7),
+            "rss_bytes_start": rss_values[0] if rss_values else None,
+            "rss_bytes_max": max(rss_values) if rss_values else None,
+            "rss_bytes_end": rss_values[-1] if rss_values else None,
+            "scrapes": len(record.polls) + 2,
+        },
+        "series": {
+            "rss_bytes": rss_series,
+            "requests_per_s": throughput_series(
+                read_history(record.directory / "locust_stats_history.csv"), record.model
+            ),
+        },
+        "files": {
+            name: str(path.relative_to(record.directory.parent.parent))
+            for name, path in {
+                "locust_html": record.directory / "locust.html",
+                "stats_csv": record.directory / "locust_stats.csv",
+                "history_csv": record.directory / "locust_stats_history.csv",
+                "failures_csv": record.directory / "locust_failures.csv",
+                "locust_log": record.directory / "locust.log",
+                "requests_json": raw_path,
+            }.items()
+            if path.exists()
+        },
+    }
+    rows = []
+    for variant in record.variants:
+        names = {n: r for n, r in requests.items() if n.startswith(f"{record.model}/{variant} ")}
+        times = [t for r in names.values() for t in r["times_ms"]]
+        failures = sum(r["failures"] for r in names.values())
+        by_status = record.after.select("edge_requests_total", model=record.model, version=variant)
+        before = record.before.select("edge_requests_total", model=record.model, version=variant)
+        server_errors = sum(
+            v - before.get(lab, 0.0) for lab, v in by_status.items() if dict(lab)["status"] != "200"
+        )
+        rows.append(
+            {
+                "model": record.model,
+                "variant": variant,
+                "run": record.kind,
+                "requests": len(times),
+                "failures": failures,
+                "wrong_answers": sum(r["wrong_answers"] for r in names.values()),
+                "failure_rate": round(failures / len(times), 5) if times else None,
+                "requests_per_s": round(len(times) / seconds, 2) if raw else None,
+                "client_ms": percentiles_ms(times),
+                "server_ms": server_percentiles_ms(
+                    record, REQUEST_HISTOGRAM, record.model, variant
+                ),
+                "server_compute_ms": server_percentiles_ms(
+                    record, COMPUTE_HISTOGRAM, record.model, variant
+                ),
+                "server_queue_ms": server_percentiles_ms(
+                    record, QUEUE_HISTOGRAM, record.model, variant
+                ),
+                "server_requests": int(
+                    _delta(record, "edge_requests_total", model=record.model, version=variant)
+                ),
+                "server_errors": int(server_errors),
+                # The process's CPU cannot be split between variants served at once.
+                "cpu_seconds_per_request": run_row["server"]["cpu_seconds_per_request"]
+                if record.kind == ALONE
+                else None,
+                "rss_bytes_max": run_row["server"]["rss_bytes_max"],
+                "variant_memory_bytes": memory.get((record.model, variant), {}),
+                "by_kind": {
+                    _kind(name): {
+                        "requests": len(r["times_ms"]),
+                        "failures": r["failures"],
+                        "wrong_answers": r["wrong_answers"],
+                        "requests_per_s": round(len(r["times_ms"]) / seconds, 2),
+                        "client_ms": percentiles_ms(r["times_ms"]),
+                    }
+                    for name, r in sorted(names.items())
+                },
+            }
+        )
+    return run_row, rows
+
+
+def variant_memory(snapshot: prom.Snapshot) -> dict[tuple[str, str], dict[str, float]]:
+    """edge_variant_memory_bytes by (model, version) and stage."""
+    out: dict[tuple[str, str], dict[str, float]] = defaultdict(dict)
+    for labels, value in snapshot.select("edge_variant_memory_bytes").items():
+        lab = dict(labels)
+        out[(lab["model"], lab["version"])][lab.get("stage", "value")] = value
+    return dict(out)
+
+
+def build_accuracy(repository: Path, loads: list[workload.Workload]) -> list[dict[str, Any]]:
+    """The build's figures for the variants under test, from report.json (else model.json)."""
+    wanted = {(w.model, v) for w in loads for v in w.variants}
+    report = repository / "report.json"
+    rows: list[dict[str, Any]] = []
+    if report.exists():
+        for row in json.loads(report.read_text()).get("models", []):
+            if (row.get("model"), row.get("variant")) in wanted:
+                rows.append(
+                    {k: row.get(k) for k in
+                     ("model", "variant", "default", "accuracy", "size_bytes", "latency_ms",
+                      "gate")} | {"source": "report.json"}
+                )  # fmt: skip
+    found = {(r["model"], r["variant"]) for r in rows}
+    for load in loads:
+        missing = [v for v in load.variants if (load.model, v) not in found]
+        if not missing:
+            continue
+        manifest = ModelManifest.read(repository / load.model)
+        for name in missing:
+            variant = manifest.variants[name]
+            rows.append(
+                {
+                    "model": load.model,
+                    "variant": name,
+                    "default": name == manifest.default_variant,
+                    "accuracy": variant.accuracy,
+                    "size_bytes": variant.size_bytes,
+                    "latency_ms": variant.latency_ms,
+                    "gate": "pass" if variant.passed else "failed",
+                    "source": "model.json",
+                }
+            )
+    order = {(w.model, v): i for i, (w, v) in enumerate((w, v) for w in loads for v in w.variants)}
+    return sorted(rows, key=lambda r: order[(r["model"], r["variant"])])
+
+
+def machine_info() -> dict[str, Any]:
+    """What the report says about the machine (call before pinning changes the CPU set)."""
+    cpu_model = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.lower().startswith(("model name", "hardware", "cpu model")):
+                cpu_model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    memory = None
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemTotal:"):
+                memory = int(line.split()[1]) * 1024
+    except OSError:
+        pass
+
+    def version(package: str) -> str | None:
+        try:
+            return metadata.version(package)
+        except metadata.PackageNotFoundError:
+            return None
+
+    return {
+        "hostname": platform.node(),
+        "platform": platform.platform(),
+        "machine": platform.machine(),
+        "cpu_model": cpu_model,
+        "cpu_count": os.cpu_count(),
+        "cpus_allowed": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
+        "memory_bytes": memory,
+        "python": sys.version.split()[0],
+        "onnxruntime": version("onnxruntime"),
+        "locust": version("locust"),
+        "fastapi": version("fastapi"),
+        "uvicorn": version("uvicorn"),
+    }
+
+
+def build_summary(
+    *,
+    opts: dict[str, Any],
+    service_url: str,
+    external: bool,
+    pinning: str,
+    loads: list[workload.Workload],
+    runs: list[RunRecord],
+    warmup: dict[str, Any],
+    load_average: tuple[Any, Any],
+    machine: dict[str, Any],
+    server_exit_code: int | None,
+) -> dict[str, Any]:
+    """Everything the reports show, as one JSON-ready dict."""
+    run_rows: list[dict[str, Any]] = []
+    results: list[dict[str, Any]] = []
+    for record in runs:
+        run_row, rows = summarize_run(record, variant_memory(record.after))
+        run_rows.append(run_row)
+        results.extend(rows)
+    repository = Path(opts["repository"])
+    before, after = load_average
+    return {
+        "generated_at": datetime.now(UTC).isoformat(timespec="seconds"),
+        "tool": "python -m loadtests",
+        "service": {"url": service_url, "external": external, "exit_code": server_exit_code},
+        "machine": machine
+        | {
+            "load_average_before": list(before) if before else None,
+            "load_average_after": list(after) if after else None,
+        },
+        "pinning": pinning,
+        "settings": {
+            "repository": str(repository),
+            "models": [w.model for w in loads],
+            "variants": {w.model: w.variants for w in loads},
+            "users": opts["users"],
+            "spawn_rate": opts["spawn_rate"],
+            "duration_s": opts["duration"],
+            "warmup_requests_per_kind": opts["warmup"],
+            "weights": dict(workload.WEIGHTS),
+            "think_time_s": 0,
+            "samples": {w.model: len(w.samples) for w in loads},
+            "kinds": {w.model: w.kinds() for w in loads},
+        },
+        "warmup": warmup,
+        "runs": run_rows,
+        "results": results,
+        "ratios": ratios(results),
+        "accuracy": build_accuracy(repository, loads),
+    }
