@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
@@ -31,6 +31,8 @@ class StaticRecipe:
     # Nodes kept in FP32: exact op types and name regexes, resolved against the pre-processed graph.
     exclude_op_types: tuple[str, ...] = ()
     exclude_name_patterns: tuple[str, ...] = ()
+    # A model-specific rule over the pre-processed graph (recorded by name and docstring).
+    exclude_rule: Callable[[onnx.ModelProto], list[str]] | None = None
     extra_options: Mapping[str, Any] = field(default_factory=dict)
     skip_symbolic_shape: bool = False
     method: Literal["static"] = "static"
@@ -38,10 +40,13 @@ class StaticRecipe:
     def nodes_to_exclude(self, model: onnx.ModelProto) -> list[str]:
         """Names of the graph's nodes this recipe keeps in FP32."""
         patterns = [re.compile(p) for p in self.exclude_name_patterns]
+        by_rule = set(self.exclude_rule(model)) if self.exclude_rule else set()
         return [
             node.name
             for node in model.graph.node
-            if node.op_type in self.exclude_op_types or any(p.search(node.name) for p in patterns)
+            if node.op_type in self.exclude_op_types
+            or any(p.search(node.name) for p in patterns)
+            or node.name in by_rule
         ]
 
     def describe(self) -> dict[str, Any]:
@@ -102,6 +107,9 @@ class Budget:
 
 
 def _jsonable(value: Any) -> Any:
+    if callable(value):
+        doc = (value.__doc__ or "").strip().splitlines()
+        return f"{value.__name__}: {doc[0]}" if doc else value.__name__
     if isinstance(value, Mapping):
         return {str(k): _jsonable(v) for k, v in value.items()}
     if isinstance(value, list | tuple):

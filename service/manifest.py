@@ -30,7 +30,7 @@ class ImagePreprocessing(_Model):
     """How an uploaded image becomes the model's NCHW float tensor."""
 
     kind: Literal["image"] = "image"
-    color: Literal["L", "RGB"]
+    color: Literal["L", "RGB", "BGR"]
     height: int
     width: int
     resize: Literal["stretch", "keep-aspect-pad-right"]

@@ -68,7 +68,7 @@ class Processor:
         pre = self.manifest.preprocessing
         if not isinstance(pre, ImagePreprocessing):
             raise BadRequest(f"model '{self.manifest.name}' does not take images")
-        batch = np.stack([_image_tensor(pre, image) for image in images])
+        batch = np.stack([image_tensor(pre, image) for image in images])
         return {self.input_names[0]: batch}
 
     def classify(self, logits: np.ndarray, top_k: int) -> list[list[LabelScore]]:
@@ -128,9 +128,9 @@ class Processor:
         return self.images_to_feed([decode_image((self.model_dir / sample.file).read_bytes())])
 
 
-def _image_tensor(pre: ImagePreprocessing, image: Image.Image) -> np.ndarray:
+def image_tensor(pre: ImagePreprocessing, image: Image.Image) -> np.ndarray:
     """CHW float32 following the manifest: resize, scale to 0..1, invert, scale, normalise."""
-    image = image.convert(pre.color)
+    image = image.convert("RGB" if pre.color == "BGR" else pre.color)
     if pre.resize == "stretch":
         image = image.resize((pre.width, pre.height), Image.Resampling.BOX)
     else:
@@ -139,6 +139,8 @@ def _image_tensor(pre: ImagePreprocessing, image: Image.Image) -> np.ndarray:
     pixels = np.asarray(image, dtype=np.float32) / 255.0
     if pixels.ndim == 2:
         pixels = pixels[:, :, None]
+    elif pre.color == "BGR":
+        pixels = pixels[:, :, ::-1]
     if pre.invert:
         pixels = 1.0 - pixels
     mean = np.asarray(pre.mean, dtype=np.float32)
