@@ -152,10 +152,10 @@ def image_tensor(pre: ImagePreprocessing, image: Image.Image) -> np.ndarray:
 
 
 def ctc_greedy(probabilities: np.ndarray, charset: list[str], blank: int = 0) -> TextScore:
-    """Best path decoding: argmax per step, collapse repeats, drop blanks."""
+    """Best path decoding: argmax per step, collapse repeats, drop blanks, trim margin spaces."""
     best = probabilities.argmax(axis=-1)
     scores = probabilities.max(axis=-1)
     keep = (best != blank) & np.concatenate(([True], best[1:] != best[:-1]))
-    text = "".join(charset[i] for i in best[keep] if i < len(charset))
+    text = "".join(charset[i] for i in best[keep] if i < len(charset)).strip()
     confidence = float(scores[keep].mean()) if keep.any() else 0.0
     return TextScore(text, confidence)

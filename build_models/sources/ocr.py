@@ -156,8 +156,8 @@ class OcrSource(ModelSource):
         return batched({self.tensor_names[0]: self.eval_tensors}, 16)
 
     def score(self, outputs: np.ndarray, fp32_outputs: np.ndarray) -> dict[str, float]:
-        texts = [ctc_greedy(row, self.charset).text.strip() for row in outputs]
-        reference = [ctc_greedy(row, self.charset).text.strip() for row in fp32_outputs]
+        texts = [ctc_greedy(row, self.charset).text for row in outputs]
+        reference = [ctc_greedy(row, self.charset).text for row in fp32_outputs]
         distance = sum(edit_distance(t, truth) for t, truth in zip(texts, self.truths, strict=True))
         characters = sum(len(truth) for truth in self.truths)
         return {
