@@ -66,7 +66,44 @@ def quantize_static_qdq(
             calibrate_method=CalibrationMethod[recipe.calibrate_method],
             extra_options=extra,
         )
-    return {**recipe.describe(), "nodes_excluded": excluded}
+    described = {**recipe.describe(), "nodes_excluded": excluded}
+    if recipe.post_quantize is not None:
+        model = onnx.load(str(out_path))
+        described["post_quantize_edits"] = recipe.post_quantize(model)
+        onnx.save(model, str(out_path))
+    return described
+
+
+def float_bypass(model: onnx.ModelProto, quantized_op_types: tuple[str, ...]) -> int:
+    """Let consumers that are not quantized ops read x instead of DQ(Q(x)); returns the count.
+
+    quantize_static hands the DQ output to every consumer of a quantized activation, so a
+    residual Add also gets the uint8-rounded tensor. Tensors that come out of a QDQ group
+    (DQ(table) -> Gather -> Q) stay int8: bypassing those makes ORT dequantize the table.
+    """
+    producer = {out: node for node in model.graph.node for out in node.output}
+    edits = 0
+    for node in model.graph.node:
+        if node.op_type in (*quantized_op_types, "QuantizeLinear", "DequantizeLinear"):
+            continue
+        for index, name in enumerate(node.input):
+            dq = producer.get(name)
+            q = (
+                producer.get(dq.input[0])
+                if dq is not None and dq.op_type == "DequantizeLinear"
+                else None
+            )
+            if q is None or q.op_type != "QuantizeLinear":
+                continue  # not an activation's Q/DQ pair (weights have no Q)
+            source = producer.get(q.input[0])
+            if source is not None and any(
+                producer.get(i) is not None and producer[i].op_type == "DequantizeLinear"
+                for i in source.input
+            ):
+                continue
+            node.input[index] = q.input[0]
+            edits += 1
+    return edits
 
 
 def quantize_dynamic_int8(fp32_path: Path, out_path: Path, recipe: DynamicRecipe) -> dict[str, Any]:

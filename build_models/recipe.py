@@ -33,6 +33,8 @@ class StaticRecipe:
     exclude_name_patterns: tuple[str, ...] = ()
     # A model-specific rule over the pre-processed graph (recorded by name and docstring).
     exclude_rule: Callable[[onnx.ModelProto], list[str]] | None = None
+    # A graph edit applied to the quantized model (recorded by name and docstring).
+    post_quantize: Callable[[onnx.ModelProto], int] | None = None
     extra_options: Mapping[str, Any] = field(default_factory=dict)
     skip_symbolic_shape: bool = False
     method: Literal["static"] = "static"

@@ -100,22 +100,13 @@ class Processor:
         pre = self.manifest.preprocessing
         if not isinstance(pre, TextPreprocessing):
             raise BadRequest(f"model '{self.manifest.name}' does not take text")
-        encodings = self.tokenizer.encode_batch(texts)
-        columns = {
-            "input_ids": [e.ids for e in encodings],
-            "attention_mask": [e.attention_mask for e in encodings],
-            "token_type_ids": [e.type_ids for e in encodings],
-        }
-        return {name: np.asarray(columns[name], dtype=np.int64) for name in self.input_names}
+        return encode_texts(self.tokenizer, texts, self.input_names)
 
     @cached_property
     def tokenizer(self) -> Tokenizer:
         pre = self.manifest.preprocessing
         assert isinstance(pre, TextPreprocessing)
-        tokenizer = Tokenizer.from_file(str(self.model_dir / pre.tokenizer))
-        tokenizer.enable_truncation(pre.max_length)
-        tokenizer.enable_padding()
-        return tokenizer
+        return load_tokenizer(self.model_dir / pre.tokenizer, pre.max_length)
 
     # --- samples -------------------------------------------------------------------------
 
@@ -126,6 +117,25 @@ class Processor:
             return self.texts_to_feed([sample.text])
         assert sample.file is not None
         return self.images_to_feed([decode_image((self.model_dir / sample.file).read_bytes())])
+
+
+def load_tokenizer(path: Path, max_length: int) -> Tokenizer:
+    """The model's own tokenizer, truncating to max_length and padding to the longest text."""
+    tokenizer = Tokenizer.from_file(str(path))
+    tokenizer.enable_truncation(max_length)
+    tokenizer.enable_padding()
+    return tokenizer
+
+
+def encode_texts(tokenizer: Tokenizer, texts: list[str], input_names: list[str]) -> Feed:
+    """Token ids, attention mask (and token types) as INT64, for the inputs the model has."""
+    encodings = tokenizer.encode_batch(texts)
+    columns = {
+        "input_ids": [e.ids for e in encodings],
+        "attention_mask": [e.attention_mask for e in encodings],
+        "token_type_ids": [e.type_ids for e in encodings],
+    }
+    return {name: np.asarray(columns[name], dtype=np.int64) for name in input_names}
 
 
 def image_tensor(pre: ImagePreprocessing, image: Image.Image) -> np.ndarray:

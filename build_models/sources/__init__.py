@@ -6,9 +6,11 @@ from collections.abc import Callable
 
 from build_models.sources.base import ModelSource
 from build_models.sources.digits import DigitsSource
+from build_models.sources.minilm import MiniLMSource
 from build_models.sources.ocr import OcrSource
 
 SOURCES: dict[str, Callable[[], ModelSource]] = {
     "digits": DigitsSource,
+    "minilm": MiniLMSource,
     "ocr": OcrSource,
 }
