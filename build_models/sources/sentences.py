@@ -8,8 +8,12 @@ survives quantization.
 from __future__ import annotations
 
 import importlib
+import json
 import random
 import re
+import subprocess
+import sys
+import warnings
 
 STDLIB_MODULES: tuple[str, ...] = (
     "abc", "argparse", "ast", "asyncio", "base64", "bisect", "bz2", "calendar", "cmd", "codecs",
@@ -68,13 +72,27 @@ def _clean_sentences(text: str) -> list[str]:
     return out
 
 
-def load_sentences() -> tuple[list[str], list[str]]:
-    """(calibration, held_out): disjoint, deterministic English sentences from stdlib docstrings."""
+def harvest() -> list[str]:
+    """Every prose sentence in the listed modules' docstrings, sorted."""
     pool: set[str] = set()
-    for name in STDLIB_MODULES:
-        for doc in _docstrings(name):
-            pool.update(_clean_sentences(doc))
-    sentences = sorted(pool)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # typing.io and friends warn on access
+        for name in STDLIB_MODULES:
+            for doc in _docstrings(name):
+                pool.update(_clean_sentences(doc))
+    return sorted(pool)
+
+
+def load_sentences() -> tuple[list[str], list[str]]:
+    """(calibration, held_out): disjoint, deterministic English sentences from stdlib docstrings.
+
+    The harvest runs in a fresh interpreter without site-packages (-I -S): what a module
+    exposes depends on what else was imported, and the build imports torch and friends.
+    """
+    result = subprocess.run(
+        [sys.executable, "-I", "-S", __file__], capture_output=True, check=True, text=True
+    )
+    sentences: list[str] = json.loads(result.stdout)
     random.Random(SHUFFLE_SEED).shuffle(sentences)
     if len(sentences) < N_CALIB_POOL + N_HELD_OUT:
         raise RuntimeError(f"only {len(sentences)} sentences harvested")
@@ -147,3 +165,7 @@ RANKING_SENTENCES: tuple[str, ...] = (
 
 
 RANKING_GROUPS: tuple[int, ...] = tuple(i // 5 for i in range(len(RANKING_SENTENCES)))
+
+
+if __name__ == "__main__":  # the isolated harvest that load_sentences() runs
+    print(json.dumps(harvest()))
