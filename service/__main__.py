@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 import logging
+import signal
+import types
 from pathlib import Path
 
 import uvicorn
@@ -35,6 +37,8 @@ def main(argv: list[str] | None = None) -> None:
     logging.basicConfig(
         level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
+    # uvicorn drains on SIGTERM, restores this handler, then re-raises the signal: exit 0 then.
+    signal.signal(signal.SIGTERM, _exit_cleanly)
     uvicorn.run(
         create_app(settings),
         host=settings.host,
@@ -43,6 +47,10 @@ def main(argv: list[str] | None = None) -> None:
         workers=1,
         timeout_graceful_shutdown=30,
     )
+
+
+def _exit_cleanly(signum: int, frame: types.FrameType | None) -> None:
+    raise SystemExit(0)
 
 
 if __name__ == "__main__":

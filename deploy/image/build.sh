@@ -11,7 +11,7 @@
 #                      local: buildx --load (one platform) or an OCI archive (several);
 #                             buildah/podman: a manifest list in local storage
 #                      push:  push every arch to the registry in IMAGE_NAME
-#                      oci:   also write dist/edge-inference.oci.tar (multi-arch OCI archive)
+#                      oci:   also write build/edge-inference.oci.tar (IMAGE_ARCHIVE)
 #   IMAGE_BUILDER    docker | buildah | podman             (first found, in that order)
 #   IMAGE_CONTEXT    build context                         (the repo root)
 #   BASE_IMAGE       runtime base                          (Dockerfile default)
@@ -28,7 +28,7 @@ OUTPUT=${IMAGE_OUTPUT:-local}
 CONTEXT=${IMAGE_CONTEXT:-$ROOT}
 DOCKERFILE=$CONTEXT/Dockerfile
 [[ -f $DOCKERFILE ]] || DOCKERFILE=$ROOT/Dockerfile
-ARCHIVE=${IMAGE_ARCHIVE:-$ROOT/dist/edge-inference.oci.tar}
+ARCHIVE=${IMAGE_ARCHIVE:-$ROOT/build/edge-inference.oci.tar}
 
 builder=${IMAGE_BUILDER:-}
 if [[ -z $builder ]]; then
@@ -50,7 +50,8 @@ args=(
     --build-arg "BUILD_DATE=$(date -u +%Y-%m-%dT%H:%M:%SZ)"
 )
 [[ -n ${BASE_IMAGE:-} ]] && args+=(--build-arg "BASE_IMAGE=$BASE_IMAGE")
-[[ -n ${MODELS_FROM:-} ]] && args+=(--build-arg "MODELS_FROM=$MODELS_FROM")
+# Always explicit: older buildah skips stages by the build args given, not ARG defaults.
+args+=(--build-arg "MODELS_FROM=${MODELS_FROM:-build}")
 [[ -n ${MODELS:-} ]] && args+=(--build-arg "MODELS=$MODELS")
 if [[ -n ${PIP_CA_BUNDLE:-} ]]; then
     [[ -r $PIP_CA_BUNDLE ]] || { echo "build.sh: cannot read PIP_CA_BUNDLE=$PIP_CA_BUNDLE" >&2; exit 1; }
@@ -78,8 +79,15 @@ docker)
 buildah|podman)
     vol=()
     [[ -n ${PIP_CA_BUNDLE:-} ]] && vol=(-v "$PIP_CA_BUNDLE:/etc/ssl/certs/extra-ca.crt:ro")
-    # A manifest list of the same name would collect the new images next to the old ones.
-    "$builder" manifest rm "$IMAGE" >/dev/null 2>&1 || true
+    if [[ ${MODELS_FROM:-build} == build && $PLATFORMS == *arm64* && $(uname -m) != aarch64 ]]; then
+        # Older buildah (Debian 12's 1.28) leaves BUILDPLATFORM empty, so the models-build
+        # stage runs on each target platform: for arm64 that is torch under emulation.
+        echo "build.sh: note: MODELS_FROM=build may train and quantize under emulation here;" \
+             "MODELS_FROM=context (after \`make models\`) is much faster" >&2
+    fi
+    # A manifest list of the same name would collect the new images next to the old ones
+    # (and an image of that name, e.g. from `podman load`, would block the list).
+    "$builder" manifest rm "$IMAGE" >/dev/null 2>&1 || "$builder" rmi "$IMAGE" >/dev/null 2>&1 || true
     if [[ $builder == buildah ]]; then
         cmd=(buildah bud --isolation "${BUILDAH_ISOLATION:-chroot}")
     else
@@ -88,10 +96,11 @@ buildah|podman)
     # docker format: OCI image configs have no HEALTHCHECK
     "${cmd[@]}" --layers --format docker --platform "$PLATFORMS" --manifest "$IMAGE" \
         -f "$DOCKERFILE" "${vol[@]}" "${args[@]}" "$@" "$CONTEXT"
+    # --format v2s2 keeps the HEALTHCHECK, which OCI image configs cannot carry
     case $OUTPUT in
-        push) "$builder" manifest push --all "$IMAGE" "docker://$IMAGE" ;;
+        push) "$builder" manifest push --all --format v2s2 "$IMAGE" "docker://$IMAGE" ;;
         oci)  mkdir -p "$(dirname "$ARCHIVE")"; rm -f "$ARCHIVE"
-              "$builder" manifest push --all "$IMAGE" "oci-archive:$ARCHIVE" ;;
+              "$builder" manifest push --all --format v2s2 "$IMAGE" "oci-archive:$ARCHIVE:$IMAGE" ;;
         local) ;;
     esac
     ;;

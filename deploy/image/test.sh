@@ -15,10 +15,9 @@
 #   IMAGE_NAME       manifest list name (localhost/edge-inference:test)
 #   IMAGE_TEST_PORT  first host port to publish on (18080; one per arch)
 #   PIP_CA_BUNDLE    host CA bundle that pip inside the build must trust (TLS-inspecting
-#                    proxy); unset normally
+#                    proxy); defaults to $PIP_CERT when that is set, else none
 #   DEBIAN_MIRROR    mirror for debootstrap (default: the one apt uses here)
 #   PYTHON           python with the `build` extra for build_models (.venv/bin/python)
-#   IMAGE_TEST_KEEP  1 = keep the built images and scratch storage (default: keep; caches)
 set -Eeuo pipefail
 
 T0=$(date +%s)
@@ -34,16 +33,25 @@ PYTHON=${PYTHON:-$ROOT/.venv/bin/python}
 export PIP_CA_BUNDLE=${PIP_CA_BUNDLE:-${PIP_CERT:-}}
 BASE=localhost/pybase
 SUITE=bookworm
+BASE_RECIPE=2  # bump when make_base changes: invalidates the cached base tarballs
 
 log() { printf '\n[%4ss] == %s\n' "$(( $(date +%s) - T0 ))" "$*"; }
 die() { printf 'image-test: FAIL: %s\n' "$*" >&2; exit 1; }
 
 CONTAINERS=()
 BG_PIDS=()
+# buildah 1.28 leaves a mounted working container behind for a stage with no instructions
+# (`FROM models-${MODELS_FROM} AS models`): remove them, only ever in our own storage.
+drop_build_containers() {
+    if [[ ${CONTAINERS_STORAGE_CONF:-} == "$SCRATCH/storage.conf" ]]; then
+        buildah rm --all >/dev/null 2>&1 || true
+    fi
+}
 cleanup() {
     local rc=$?
     for pid in "${BG_PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
     for c in "${CONTAINERS[@]}"; do podman rm -f -t 5 "$c" >/dev/null 2>&1 || true; done
+    drop_build_containers
     if (( rc != 0 )); then
         printf '\nimage-test: FAILED (exit %s) after %ss\n' "$rc" "$(( $(date +%s) - T0 ))" >&2
     fi
@@ -106,6 +114,8 @@ export CONTAINERS_STORAGE_CONF="$SCRATCH/storage.conf"
 export CONTAINERS_CONF="$SCRATCH/containers.conf"
 export BUILDAH_ISOLATION=chroot
 export TMPDIR="$SCRATCH/tmp"
+# The --layers cache is dangling images; drop those not used for a day (bounded disk use).
+podman image prune -f --filter until=24h >/dev/null 2>&1 || true
 
 # arm64 under qemu-user (binfmt with the F flag, so it works inside chroots)
 if [[ " $ARCHES " == *" arm64 "* && $(uname -m) != aarch64 ]]; then
@@ -125,26 +135,36 @@ if [[ -z ${DEBIAN_MIRROR:-} ]]; then
         /etc/apt/sources.list 2>/dev/null)
     DEBIAN_MIRROR=${DEBIAN_MIRROR:-http://deb.debian.org/debian}
 fi
-make_base() {  # arch -> $SCRATCH/bases/pybase-$arch.tar
-    local arch=$1 rootfs="$SCRATCH/bases/rootfs-$arch" tarball="$SCRATCH/bases/pybase-$arch.tar"
+BASE_TAG="$SUITE-$BASE_RECIPE"
+base_tarball() { echo "$SCRATCH/bases/pybase-$SUITE-$1-$BASE_RECIPE.tar"; }
+base_current() {  # is $BASE:arch in storage and made by this recipe?
+    [[ $(podman image inspect --format '{{index .Labels "pybase.recipe"}}' "$BASE:$1" \
+        2>/dev/null) == "$BASE_TAG" ]]
+}
+make_base() {  # arch -> its tarball (cached across runs)
+    local arch=$1 rootfs="$SCRATCH/bases/rootfs-$1" tarball
+    tarball=$(base_tarball "$arch")
     [[ -s $tarball ]] && return 0
     rm -rf "$rootfs"
     debootstrap --arch="$arch" --variant=minbase \
         --include=python3,python3-venv,ca-certificates "$SUITE" "$rootfs" "$DEBIAN_MIRROR" \
         >"$SCRATCH/bases/debootstrap-$arch.log" 2>&1 \
         || { tail -20 "$SCRATCH/bases/debootstrap-$arch.log" >&2; return 1; }
-    # What the official slim image also leaves out.
+    # What Debian's slim images (the official python:*-slim base) leave out too.
     rm -rf "$rootfs"/var/cache/apt/archives/*.deb "$rootfs"/var/lib/apt/lists/* \
            "$rootfs"/usr/share/doc/* "$rootfs"/usr/share/man/* "$rootfs"/usr/share/info/* \
+           "$rootfs"/usr/share/locale/* "$rootfs"/usr/share/groff/* "$rootfs"/usr/share/lintian/* \
            "$rootfs"/var/log/*.log "$rootfs"/var/cache/debconf/*-old
     tar --numeric-owner -C "$rootfs" -cf "$tarball.part" . && mv "$tarball.part" "$tarball"
     rm -rf "$rootfs"
 }
 pids=()
 for arch in $ARCHES; do
-    if ! podman image exists "$BASE:$arch"; then
+    if ! base_current "$arch"; then
         t=$(date +%s)
-        ( make_base "$arch" && echo "base $arch: $(( $(date +%s) - t ))s" ) & pids+=($!); BG_PIDS+=($!)
+        [[ -s $(base_tarball "$arch") ]] && echo "base $arch: cached $(base_tarball "$arch")"
+        ( make_base "$arch" && echo "base $arch: ready in $(( $(date +%s) - t ))s" ) &
+        pids+=($!); BG_PIDS+=($!)
     fi
 done
 for pid in "${pids[@]}"; do wait "$pid" || die "debootstrap failed (see $SCRATCH/bases/*.log)"; done
@@ -152,8 +172,9 @@ BG_PIDS=()
 podman manifest rm "$BASE" >/dev/null 2>&1 || true
 podman manifest create "$BASE" >/dev/null
 for arch in $ARCHES; do
-    if ! podman image exists "$BASE:$arch"; then
-        podman import --arch "$arch" --os linux "$SCRATCH/bases/pybase-$arch.tar" "$BASE:$arch" >/dev/null
+    if ! base_current "$arch"; then
+        podman import --quiet --arch "$arch" --os linux --change "LABEL pybase.recipe=$BASE_TAG" \
+            "$(base_tarball "$arch")" "$BASE:$arch" >/dev/null
     fi
     podman manifest add "$BASE" "containers-storage:$BASE:$arch" >/dev/null
 done
@@ -188,6 +209,7 @@ IMAGE_BUILDER=buildah IMAGE_NAME="$IMAGE" IMAGE_PLATFORMS="$platforms" IMAGE_OUT
     IMAGE_CONTEXT="$CTX" BASE_IMAGE="$BASE" MODELS_FROM=context \
     "$HERE/build.sh" --pull=never >"$SCRATCH/build.log" 2>&1 \
     || { tail -40 "$SCRATCH/build.log" >&2; die "image build (log: $SCRATCH/build.log)"; }
+drop_build_containers
 BUILD_SECONDS=$(( $(date +%s) - t ))
 echo "built in ${BUILD_SECONDS}s (log: $SCRATCH/build.log)"
 
@@ -209,25 +231,29 @@ done
 
 # ---------------------------------------------------------------------------------------
 declare -A RESULT SIZE SIZE_NOMODELS READY
+HOST_ARCH=$(podman info --format '{{.Host.Arch}}')
+quiet() { "$@" 2> >(grep -v 'systemd connection' >&2); }  # healthcheck timers need systemd
 port=$PORT0
 for arch in $ARCHES; do
     log "smoke test linux/$arch"
     name="edge-image-test-$arch"
     podman rm -f "$name" >/dev/null 2>&1 || true
     extra=()
-    if [[ $arch != "$(podman info --format '{{.Host.Arch}}')" ]]; then
-        # qemu-user: an init so signals reach the service; onnxruntime's cpuinfo crashes on
-        # /sys/devices/system/cpu under qemu 7.2
+    emulated=0
+    if [[ $arch != "$HOST_ARCH" ]]; then
+        # qemu-user: an init, since qemu hangs when an emulated PID 1 dies from a signal;
+        # onnxruntime's cpuinfo crashes on /sys/devices/system/cpu under qemu 7.2
         extra+=(--init --security-opt mask=/sys/devices/system/cpu)
+        emulated=1
         timeout=900
     else
         timeout=120
     fi
     CONTAINERS+=("$name")
     t=$(date +%s.%N)
-    podman run -d --name "$name" "${extra[@]}" \
+    quiet podman run -d --name "$name" "${extra[@]}" \
         -p "127.0.0.1:$port:8000" --read-only --tmpfs /tmp:rw,size=64m \
-        --cap-drop ALL --security-opt no-new-privileges \
+        --memory 512m --cap-drop ALL --security-opt no-new-privileges \
         "${IMG[$arch]}" >/dev/null
     if "$PYTHON" "$HERE/smoke.py" --url "http://127.0.0.1:$port" --models "$SCRATCH/models" \
             --timeout "$timeout" --started "$t" --label "$arch" >"$SCRATCH/smoke-$arch.log" 2>&1; then
@@ -237,21 +263,26 @@ for arch in $ARCHES; do
     fi
     cat "$SCRATCH/smoke-$arch.log"
     READY[$arch]=$(sed -n 's/^ready after \([0-9.]*\)s.*/\1/p' "$SCRATCH/smoke-$arch.log")
-    user=$(podman exec "$name" id -u 2>/dev/null || echo '?')
-    echo "container user id: $user"
-    if podman healthcheck run "$name" >/dev/null 2>&1; then echo "HEALTHCHECK: healthy"
-    else echo "HEALTHCHECK: unhealthy"; ok=0; fi
+    echo "container user: $(podman exec "$name" id -u 2>/dev/null || echo '?')," \
+         "root filesystem read-only: $(podman inspect --format '{{.HostConfig.ReadonlyRootfs}}' "$name")"
+    if quiet podman healthcheck run "$name" >/dev/null; then echo "HEALTHCHECK: healthy"
+    else echo "HEALTHCHECK: not healthy"; ok=0; fi
     if (( ok == 0 )); then
         echo "--- container log ($arch) ---"; podman logs --tail 40 "$name" 2>&1 || true
     fi
     t=$(date +%s.%N)
-    podman stop -t 30 "$name" >/dev/null
+    quiet podman stop -t 30 "$name" >/dev/null
     stop_s=$(awk -v a="$t" -v b="$(date +%s.%N)" 'BEGIN{printf "%.1f", b-a}')
     code=$(podman inspect --format '{{.State.ExitCode}}' "$name")
-    echo "SIGTERM -> exit code $code after ${stop_s}s"
-    podman logs "$name" 2>&1 | tail -4 | sed 's/^/  log| /'
-    [[ $code == 0 ]] || ok=0
-    podman rm "$name" >/dev/null
+    podman logs "$name" >"$SCRATCH/container-$arch.log" 2>&1 || true
+    graceful=$(grep -c 'Application shutdown complete' "$SCRATCH/container-$arch.log" || true)
+    echo "SIGTERM -> exit code $code after ${stop_s}s (graceful shutdown logged: $graceful)"
+    tail -3 "$SCRATCH/container-$arch.log" | sed 's/^/  log| /'
+    # As PID 1 the service must exit 0. Under --init (emulated arch) it is not PID 1, and
+    # uvicorn (>= 0.29) re-raises SIGTERM after a graceful shutdown: 143 then counts as
+    # clean when the shutdown completed.
+    if [[ $code == 0 ]] || (( emulated && code == 143 && graceful > 0 )); then :; else ok=0; fi
+    quiet podman rm "$name" >/dev/null
     RESULT[$arch]=$([[ $ok == 1 ]] && echo PASS || echo FAIL)
     RESULT[$arch]="${RESULT[$arch]} (ready ${READY[$arch]:-?}s, exit $code, stop ${stop_s}s)"
     port=$(( port + 1 ))
@@ -260,19 +291,23 @@ done
 # ---------------------------------------------------------------------------------------
 log "sizes"
 for arch in $ARCHES; do
-    total=$(podman image inspect --format '{{.Size}}' "${IMG[$arch]}")
-    models=$(podman history --no-trunc --human=false --format '{{.Size}}|{{.CreatedBy}}' "${IMG[$arch]}" \
-        | awk -F'|' '$2 ~ /COPY/ && $2 ~ /\/models/ {print $1; exit}')
+    read -r total models < <(podman history --format json "${IMG[$arch]}" | "$PYTHON" -c '
+import json, sys
+layers = json.load(sys.stdin)
+models = sum(l["size"] for l in layers if "COPY" in l["CreatedBy"] and " in /models" in l["CreatedBy"])
+print(sum(l["size"] for l in layers), models)')
     SIZE[$arch]=$(( total / 1000000 ))
-    SIZE_NOMODELS[$arch]=$(( (total - ${models:-0}) / 1000000 ))
+    SIZE_NOMODELS[$arch]=$(( (total - models) / 1000000 ))
 done
-podman history --format '{{.Size}}\t{{.CreatedBy}}' "${IMG[${ARCHES%% *}]}" | cut -c1-110
+podman history --format '{{.Size}}\t{{.CreatedBy}}' "${IMG[${ARCHES%% *}]}" \
+    | grep -v '^0 B' | cut -c1-100
 
 # ---------------------------------------------------------------------------------------
 log "export multi-arch OCI archive"
 ARCHIVE="$SCRATCH/edge-inference.oci.tar"
 rm -f "$ARCHIVE"
-podman manifest push --all --quiet "$IMAGE" "oci-archive:$ARCHIVE:edge-inference:test"
+# v2s2 (docker) manifests inside the OCI layout: OCI image configs cannot carry HEALTHCHECK
+podman manifest push --all --quiet --format v2s2 "$IMAGE" "oci-archive:$ARCHIVE:edge-inference:test"
 skopeo inspect --raw "oci-archive:$ARCHIVE" | "$PYTHON" -c '
 import json, sys
 idx = json.load(sys.stdin)

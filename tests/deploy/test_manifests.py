@@ -265,3 +265,20 @@ def test_dockerfile_lints_clean() -> None:
         timeout=60,
     )
     assert result.returncode == 0 and not result.stdout.strip(), result.stdout + result.stderr
+
+
+def test_dockerignore_lets_in_what_the_dockerfile_copies() -> None:
+    """The allowlist .dockerignore must re-include every COPY source of the build context."""
+    ignore = [
+        line.strip()
+        for line in (ROOT / ".dockerignore").read_text().splitlines()
+        if line.strip() and not line.startswith("#")
+    ]
+    assert ignore[0] == "**", "allowlist: exclude everything, then re-include"
+    allowed = {line[1:].rstrip("/") for line in ignore if line.startswith("!")}
+    sources = set()
+    for match in re.finditer(r"^COPY (?!--from)(.+)$", (ROOT / "Dockerfile").read_text(), re.M):
+        *srcs, _dest = match.group(1).split()
+        sources.update(src.rstrip("/") for src in srcs)
+    assert sources, "no COPY from the build context"
+    assert sources <= allowed, f"not in .dockerignore's allowlist: {sources - allowed}"
