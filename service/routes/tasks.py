@@ -5,10 +5,12 @@ from __future__ import annotations
 import time
 from typing import Annotated, Any
 
+import numpy as np
 from fastapi import APIRouter, File, Query, UploadFile
 from pydantic import BaseModel, Field
 
 from service.errors import NotFound
+from service.inference import Inference
 from service.manifest import Task
 from service.processing import decode_image
 from service.registry import ModelEntry
@@ -70,6 +72,15 @@ def _resolve(
     return entry, registry.runtime(model, precision)
 
 
+async def _run_image(
+    inference: Inference, entry: ModelEntry, runtime: ModelRuntime, image: UploadFile
+) -> np.ndarray:
+    """Decode the upload, preprocess it as model.json says, run it; the first output."""
+    feed = entry.processor.images_to_feed([decode_image(await image.read())])
+    outputs = await inference.run(runtime, feed)
+    return next(iter(outputs.values()))
+
+
 @router.post("/{model}/classify", response_model=ClassifyResponse, summary="Classify an image")
 async def classify(
     registry: RegistryDep,
@@ -82,9 +93,8 @@ async def classify(
     entry, runtime = _resolve(registry, model, "image-classification", "classify", precision)
     async with inference.track(runtime):
         started = time.perf_counter()
-        feed = entry.processor.images_to_feed([decode_image(await image.read())])
-        outputs = await inference.run(runtime, feed)
-        labels = entry.processor.classify(next(iter(outputs.values())), top_k)[0]
+        output = await _run_image(inference, entry, runtime, image)
+        labels = entry.processor.classify(output, top_k)[0]
     return ClassifyResponse(
         model=model,
         version=runtime.variant,
@@ -106,9 +116,8 @@ async def recognize(
     entry, runtime = _resolve(registry, model, "text-recognition", "recognize", precision)
     async with inference.track(runtime):
         started = time.perf_counter()
-        feed = entry.processor.images_to_feed([decode_image(await image.read())])
-        outputs = await inference.run(runtime, feed)
-        result = entry.processor.recognize(next(iter(outputs.values())))[0]
+        output = await _run_image(inference, entry, runtime, image)
+        result = entry.processor.recognize(output)[0]
     return RecognizeResponse(
         model=model,
         version=runtime.variant,
