@@ -207,6 +207,11 @@ def _ranking(outputs: np.ndarray, reference: np.ndarray) -> dict[str, float]:
 
 def _bert(torch: Any) -> Any:
     from transformers import BertModel
+    from transformers.utils import logging
+
+    # The checkpoint's pooler is unused (mean pooling instead): no table of "unexpected" keys.
+    logging.set_verbosity_error()
+    logging.disable_progress_bar()
 
     return BertModel.from_pretrained(
         str(weights_dir()), attn_implementation="eager", add_pooling_layer=False
