@@ -11,13 +11,11 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import signal
-import socket
 import subprocess
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -25,6 +23,7 @@ from typing import Any
 import httpx
 
 from loadtests import prom, workload
+from loadtests.process import ServiceProcess, start_service, stop_service, wait_for
 from loadtests.report import write_reports
 from loadtests.summary import RunRecord, build_summary, machine_info
 
@@ -57,14 +56,6 @@ class Pinning:
         if cpus is None:
             return None
         return lambda: os.sched_setaffinity(0, cpus)
-
-
-@dataclass
-class Service:
-    url: str
-    process: subprocess.Popen[bytes] | None = None
-    log: Path | None = None
-    started_at: float = field(default_factory=time.time)
 
 
 def parse_duration(text: str) -> int:
@@ -192,52 +183,14 @@ def plan_pinning(external_server: bool) -> Pinning:
     )
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def start_service(opts: Options, pinning: Pinning) -> Service:
+def start_pinned_service(opts: Options, pinning: Pinning) -> ServiceProcess:
     """`python -m service` on a free loopback port, pinned as planned."""
-    port = free_port()
-    log = opts.out / "server.log"
-    handle = log.open("wb")
-    process = subprocess.Popen(
-        [sys.executable, "-m", "service", "--host", "127.0.0.1", "--port", str(port),
-         "--repository", str(opts.repository), "--log-level", "warning"],
-        stdout=handle,
-        stderr=subprocess.STDOUT,
-        preexec_fn=pinning.preexec(pinning.server),
-    )  # fmt: skip
-    handle.close()
-    return Service(f"http://127.0.0.1:{port}", process, log)
-
-
-def wait_ready(service: Service, timeout: float = 180.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if service.process is not None and service.process.poll() is not None:
-            log = service.log.read_text() if service.log else ""
-            raise RuntimeError(f"the service exited during start-up:\n{log[-4000:]}")
-        try:
-            if httpx.get(f"{service.url}/v2/health/ready", timeout=2).status_code == 200:
-                return
-        except httpx.TransportError:
-            pass
-        time.sleep(0.2)
-    raise RuntimeError(f"the service at {service.url} was not ready within {timeout:.0f} s")
-
-
-def stop_service(service: Service) -> int | None:
-    if service.process is None:
-        return None
-    service.process.send_signal(signal.SIGTERM)
-    try:
-        return service.process.wait(timeout=30)
-    except subprocess.TimeoutExpired:
-        service.process.kill()
-        return service.process.wait()
+    return start_service(
+        opts.repository,
+        opts.out / "server.log",
+        log_level="warning",
+        preexec=pinning.preexec(pinning.server),
+    )
 
 
 def warm_up(base_url: str, loads: list[workload.Workload], per_kind: int) -> dict[str, Any]:
@@ -337,10 +290,10 @@ def main(argv: list[str] | None = None) -> int:
     if pinning.locust is not None:
         os.sched_setaffinity(0, pinning.locust)  # the runner scrapes from Locust's core too
     load_before = os.getloadavg() if hasattr(os, "getloadavg") else None
-    service = Service(opts.host) if opts.host else start_service(opts, pinning)
+    service = ServiceProcess(opts.host) if opts.host else start_pinned_service(opts, pinning)
     runs: list[RunRecord] = []
     try:
-        wait_ready(service)
+        wait_for(service, timeout=180.0)
         print(f"[loadtests] service ready at {service.url}; warming up", flush=True)
         warm = warm_up(service.url, loads, opts.warmup)
         for load in loads:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import math
 import shutil
-import socket
 import subprocess
 import threading
 import time
@@ -16,6 +15,8 @@ import httpx
 import pytest
 import yaml
 
+from loadtests.process import free_port
+
 ROOT = Path(__file__).resolve().parents[2]
 RULES = ROOT / "deploy" / "prometheus" / "rules.yml"
 PROMETHEUS = shutil.which("prometheus")
@@ -25,12 +26,6 @@ P95 = (
     "histogram_quantile(0.95, sum by (le, model, version) "
     "(rate(edge_request_duration_seconds_bucket[30s])))"
 )
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 pytestmark = pytest.mark.skipif(
