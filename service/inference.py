@@ -11,7 +11,6 @@ import numpy as np
 from starlette.exceptions import HTTPException
 
 from service.errors import BadRequest, ServiceError
-from service.manifest import TensorSpec
 from service.metrics import Metrics, mark_resolved
 from service.protocol import datatype_of
 from service.runtime import Feed, ModelRuntime
@@ -51,7 +50,7 @@ class Inference:
         self, runtime: ModelRuntime, feed: Feed, outputs: list[str] | None = None
     ) -> dict[str, np.ndarray]:
         """Validate the feed, run the session in a worker thread, observe queue/compute time."""
-        batch = self._validate(runtime, runtime.inputs, feed)
+        batch = self._validate(runtime, feed)
         if outputs is not None:
             unknown = sorted(set(outputs) - {spec.name for spec in runtime.outputs})
             if unknown:
@@ -77,9 +76,9 @@ class Inference:
         )
         return result
 
-    def _validate(self, runtime: ModelRuntime, specs: list[TensorSpec], feed: Feed) -> int:
+    def _validate(self, runtime: ModelRuntime, feed: Feed) -> int:
         """Names, datatypes and shapes must match the model; returns the batch size."""
-        expected = {spec.name for spec in specs}
+        expected = {spec.name for spec in runtime.inputs}
         missing, unknown = sorted(expected - set(feed)), sorted(set(feed) - expected)
         if missing or unknown:
             raise BadRequest(
@@ -87,7 +86,7 @@ class Inference:
                 f"missing {missing}, unknown {unknown}"
             )
         batches = set()
-        for spec in specs:
+        for spec in runtime.inputs:
             array = feed[spec.name]
             datatype = datatype_of(array)
             if datatype != spec.datatype:
