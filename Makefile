@@ -39,7 +39,8 @@ fmt: venv
 	$(BIN)/ruff format .
 
 # Real Prometheus and headless Chromium for the integration tests (Debian packages; root only).
-# Without them those tests skip and say why.
+# Without them those tests skip and say why. If apt starts Debian's own prometheus service
+# (port 9090) it is left alone: the tests run their own on a free port and stop it by PID.
 SYSTEM_PACKAGES := prometheus chromium curl
 sysdeps:
 	@missing=""; for p in $(SYSTEM_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
@@ -47,7 +48,6 @@ sysdeps:
 	if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
 		echo "installing$$missing"; \
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends$$missing >/dev/null; \
-		pkill -x prometheus || true; \
 	else echo "note: missing$$missing (tests that need them will skip)"; fi
 
 test: lint sysdeps
