@@ -46,6 +46,8 @@ def main(argv: list[str] | None = None) -> None:
         log_level=settings.log_level,
         workers=1,
         timeout_graceful_shutdown=30,
+        ssl_certfile=settings.tls_certfile,
+        ssl_keyfile=settings.tls_keyfile,
     )
 
 

@@ -11,6 +11,7 @@ from fastapi import FastAPI, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from service import __version__
+from service.auth import BearerAuth, load_api_keys
 from service.config import Settings
 from service.errors import install_error_handlers
 from service.inference import Inference
@@ -61,6 +62,9 @@ def create_app(settings: Settings) -> FastAPI:
         return Response(generate_latest(prometheus), media_type=CONTENT_TYPE_LATEST)
 
     app.add_middleware(BodyLimit, limit=settings.max_request_bytes)
+    app.add_middleware(
+        BearerAuth, keys=load_api_keys(settings), protect_metrics=settings.protect_metrics
+    )
     # Added last, so outermost: it also sees BodyLimit's early 413s.
     app.add_middleware(RejectedRequests, counter=metrics.rejected)
     return app

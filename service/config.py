@@ -6,14 +6,15 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 
 class Settings(BaseSettings):
     """Service settings; env prefix EDGE_ (e.g. EDGE_MODEL_REPOSITORY=/models)."""
 
-    model_config = SettingsConfigDict(env_prefix="EDGE_", extra="ignore")
+    # hide_input_in_errors: a bad setting must not echo EDGE_API_KEYS into the log.
+    model_config = SettingsConfigDict(env_prefix="EDGE_", extra="ignore", hide_input_in_errors=True)
 
     model_repository: Path = Path("models")
     """Folder written by `python -m build_models`: <model>/model.json and one folder per variant."""
@@ -45,12 +46,37 @@ class Settings(BaseSettings):
     log_level: Literal["critical", "error", "warning", "info", "debug"] = "info"
     """Log level for the service and uvicorn."""
 
-    @field_validator("variants", mode="before")
+    api_keys: Annotated[tuple[SecretStr, ...], NoDecode] = ()
+    """Bearer tokens accepted (comma-separated); with none here or in api_keys_file, no auth."""
+
+    api_keys_file: Path | None = None
+    """File of bearer tokens, one per line (# comments allowed), e.g. a mounted Secret."""
+
+    protect_metrics: bool = False
+    """Require a token for /metrics too (Prometheus then sends one via `authorization`)."""
+
+    tls_certfile: Path | None = None
+    """PEM certificate (chain) to serve HTTPS; needs tls_keyfile."""
+
+    tls_keyfile: Path | None = None
+    """PEM private key of tls_certfile."""
+
+    strict_readiness: bool = True
+    """Ready only when every variant loaded (Triton's default); false: each model has one."""
+
+    @field_validator("variants", "api_keys", mode="before")
     @classmethod
     def _split_variants(cls, value: object) -> object:
         if isinstance(value, str):
             return tuple(part.strip() for part in value.split(",") if part.strip())
         return value
+
+    @model_validator(mode="after")
+    def _tls_pair(self) -> Settings:
+        """A certificate without its key (or the reverse) is a mistake, not plain HTTP."""
+        if (self.tls_certfile is None) != (self.tls_keyfile is None):
+            raise ValueError("set both EDGE_TLS_CERTFILE and EDGE_TLS_KEYFILE, or neither")
+        return self
 
 
 @lru_cache
