@@ -130,8 +130,27 @@ class Metrics:
             registry=registry,
         )
         build.labels(*build_info().values()).set(1)
+        self._bound: dict[tuple[str, str], VariantMetrics] = {}
         for status in REJECTED_STATUSES:
             self.rejected.labels(status)
+
+    def variant(self, model: str, variant: str) -> VariantMetrics:
+        """The variant's label children, bound once: no label lookup per observation."""
+        bound = self._bound.get((model, variant))
+        if bound is None:
+            labels = (model, variant)
+            bound = VariantMetrics(
+                request_seconds=self.request_seconds.labels(*labels),
+                queue_seconds=self.queue_seconds.labels(*labels),
+                compute_seconds=self.compute_seconds.labels(*labels),
+                in_flight=self.in_flight.labels(*labels),
+                batch_size=self.batch_size.labels(*labels),
+                requests={s: self.requests.labels(*labels, s) for s in RESOLVED_STATUSES},
+                requests_family=self.requests,
+                labels=labels,
+            )
+            self._bound[(model, variant)] = bound
+        return bound
 
     def register_variants(self, registry: Registry) -> None:
         """Pre-create label sets so every variant shows zeros before its first request."""
@@ -144,6 +163,27 @@ class Metrics:
             for status in RESOLVED_STATUSES:
                 self.requests.labels(*labels, status)
         self.registry.register(VariantCollector(registry))
+
+
+@dataclass
+class VariantMetrics:
+    """One variant's metric children, resolved once per variant instead of per request."""
+
+    request_seconds: Histogram
+    queue_seconds: Histogram
+    compute_seconds: Histogram
+    in_flight: Gauge
+    batch_size: Histogram
+    requests: dict[str, Counter]
+    requests_family: Counter
+    labels: tuple[str, str]
+
+    def count(self, status: str) -> None:
+        """One finished request by status (the usual ones pre-bound, others looked up)."""
+        child = self.requests.get(status)
+        if child is None:
+            child = self.requests[status] = self.requests_family.labels(*self.labels, status)
+        child.inc()
 
 
 class VariantCollector(Collector):
@@ -181,6 +221,12 @@ class VariantCollector(Collector):
             "Time to verify and open the variant's session (stage=load) and warm it (warmup).",
             labels=(*LABELS, "stage"),
         )
+        failed = GaugeMetricFamily(
+            "edge_variants_failed",
+            "Variants that failed to load (bad checksum, unreadable file, failed warm-up); "
+            "GET /v2/health/ready lists them with the reason.",
+            value=len(self._registry.failures()),
+        )
         for rt in self._registry.all_runtimes():
             labels = [rt.model, rt.variant]
             ready.add_metric(labels, 1.0 if rt.ready else 0.0)
@@ -195,7 +241,7 @@ class VariantCollector(Collector):
             size.add_metric(labels, rt.path.stat().st_size if rt.path.exists() else 0)
             load.add_metric([*labels, "load"], rt.facts.load_seconds)
             load.add_metric([*labels, "warmup"], rt.facts.warmup_seconds)
-        yield from (ready, memory, heap, size, load)
+        yield from (ready, failed, memory, heap, size, load)
 
 
 class MemoryCollector(Collector):

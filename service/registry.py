@@ -87,7 +87,7 @@ class Registry:
                 feed = entry.processor.sample_feed()
             except Exception as exc:
                 for runtime in entry.runtimes.values():
-                    runtime.state, runtime.error = State.FAILED, f"no warm-up sample: {exc}"
+                    runtime.state, runtime.error = State.FAILED, "no usable warm-up sample"
                 log.error("model %s has no usable warm-up sample: %s", entry.name, exc)
                 continue
             for runtime in entry.runtimes.values():
@@ -119,5 +119,17 @@ class Registry:
 
     @property
     def ready(self) -> bool:
+        """Strict: every variant ready. Degraded: loading done, every model has a ready one."""
         runtimes = self.all_runtimes()
-        return bool(runtimes) and all(rt.ready for rt in runtimes)
+        if not runtimes:
+            return False
+        if self.settings.strict_readiness:
+            return all(rt.ready for rt in runtimes)
+        settled = all(rt.state in (State.READY, State.FAILED) for rt in runtimes)
+        return settled and all(
+            any(rt.ready for rt in entry.runtimes.values()) for entry in self.models.values()
+        )
+
+    def failures(self) -> list[ModelRuntime]:
+        """Variants that failed to load (their `error` says why, without file paths)."""
+        return [rt for rt in self.all_runtimes() if rt.state is State.FAILED]

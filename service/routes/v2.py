@@ -23,7 +23,7 @@ from service.protocol import (
 )
 from service.registry import ModelEntry
 from service.routes.deps import InferenceDep, RegistryDep
-from service.runtime import ModelRuntime
+from service.runtime import ModelRuntime, State
 
 router = APIRouter(prefix="/v2", tags=["Open Inference Protocol v2"])
 
@@ -61,12 +61,27 @@ async def live() -> dict[str, bool]:
     return {"live": True}
 
 
-@router.get("/health/ready", summary="Readiness: every variant loaded and warmed up")
-async def ready(registry: RegistryDep) -> dict[str, bool]:
+@router.get(
+    "/health/ready",
+    summary="Readiness: every variant loaded (EDGE_STRICT_READINESS=false: one per model)",
+)
+async def ready(registry: RegistryDep) -> dict[str, Any]:
+    """200 lists variants that failed (degraded mode); 503 names what failed and what loads."""
+    failed = [
+        {"model": rt.model, "version": rt.variant, "reason": rt.error or "failed"}
+        for rt in registry.failures()
+    ]
     if not registry.ready:
-        loading = [rt.name for rt in registry.all_runtimes() if not rt.ready]
-        raise NotReady(f"not ready: {', '.join(loading)} not loaded")
-    return {"ready": True}
+        problems = [f"{row['model']}/{row['version']} failed: {row['reason']}" for row in failed]
+        loading = [
+            rt.name
+            for rt in registry.all_runtimes()
+            if rt.state in (State.REGISTERED, State.LOADING)
+        ]
+        if loading:
+            problems.append(f"{', '.join(loading)} still loading")
+        raise NotReady(f"not ready: {'; '.join(problems) or 'no variant loaded'}")
+    return {"ready": True, "failed": failed}
 
 
 @router.get("/models", summary="Every model with its versions (variants) and their state")
