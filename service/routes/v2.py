@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import time
-import zlib
 from typing import Any
 
 import numpy as np
@@ -11,18 +10,17 @@ from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse
 
 from service import __version__
-from service.errors import BadRequest, NotReady, PayloadTooLarge
+from service.errors import NotReady
 from service.protocol import (
     HEADER_LENGTH,
     DecodedRequest,
     InferenceRequest,
     InferenceResponse,
-    decode_request,
-    encode_response,
     json_data,
 )
 from service.registry import ModelEntry
 from service.routes.deps import InferenceDep, RegistryDep
+from service.routes.infer import decode_body, infer_response
 from service.runtime import ModelRuntime, State
 
 router = APIRouter(prefix="/v2", tags=["Open Inference Protocol v2"])
@@ -37,11 +35,35 @@ EXTENSIONS = [
 _TRITON_TYPES = {"FP32": "TYPE_FP32", "FP16": "TYPE_FP16", "FP64": "TYPE_FP64",
                  "INT64": "TYPE_INT64", "INT32": "TYPE_INT32", "INT8": "TYPE_INT8",
                  "UINT8": "TYPE_UINT8", "BOOL": "TYPE_BOOL", "BYTES": "TYPE_STRING"}  # fmt: skip
+
+
+def _inline_defs(schema: dict[str, Any]) -> dict[str, Any]:
+    """pydantic's schema with its local `#/$defs/...` refs replaced by the definitions.
+
+    Inside the OpenAPI document those refs would point at the document's root, where no
+    `$defs` exists, so clients and fuzzers could not resolve the infer body.
+    """
+    defs = schema.get("$defs", {})
+
+    def resolve(node: Any) -> Any:
+        if isinstance(node, dict):
+            ref = node.get("$ref")
+            if isinstance(ref, str) and ref.startswith("#/$defs/"):
+                return resolve(defs[ref.removeprefix("#/$defs/")])
+            return {key: resolve(value) for key, value in node.items() if key != "$defs"}
+        if isinstance(node, list):
+            return [resolve(item) for item in node]
+        return node
+
+    resolved: dict[str, Any] = resolve(schema)
+    return resolved
+
+
 _INFER_BODY = {
     "requestBody": {
         "required": True,
         "content": {
-            "application/json": {"schema": InferenceRequest.model_json_schema()},
+            "application/json": {"schema": _inline_defs(InferenceRequest.model_json_schema())},
             "application/octet-stream": {
                 "schema": {"type": "string", "format": "binary"},
                 "description": f"JSON header of {HEADER_LENGTH} bytes, then binary tensors",
@@ -199,11 +221,11 @@ async def infer(
     model: str,
     version: str | None = None,
 ) -> Response:
-    runtime = registry.runtime(model, version)
-    async with inference.track(runtime):
-        decoded = await _decode(request)
-        outputs = await inference.run(runtime, decoded.inputs, decoded.outputs)
-        body, headers = encode_response(model, runtime.variant, decoded, outputs)
+    """Served by service.routes.infer.InferRoute (plain ASGI); declared here for /docs."""
+    body, headers = await infer_response(
+        registry, inference, request.app.state.settings, model, version, await request.body(),
+        request.headers.get(HEADER_LENGTH), request.headers.get("content-encoding"),
+    )  # fmt: skip
     return Response(content=body, headers=headers)
 
 
@@ -271,26 +293,12 @@ def agreement(
 
 
 async def _decode(request: Request) -> DecodedRequest:
-    body = _decompress(await request.body(), request)
-    return decode_request(body, request.headers.get(HEADER_LENGTH))
-
-
-def _decompress(body: bytes, request: Request) -> bytes:
-    """gzip/deflate bodies (tritonclient's request_compression_algorithm), bounded."""
-    encoding = request.headers.get("content-encoding", "identity").lower()
-    if encoding == "identity":
-        return body
-    if encoding not in ("gzip", "deflate"):
-        raise BadRequest(f"unsupported Content-Encoding {encoding!r} (gzip, deflate)")
-    limit = request.app.state.settings.max_request_bytes
-    decompressor = zlib.decompressobj(wbits=31 if encoding == "gzip" else 15)
-    try:
-        out = decompressor.decompress(body, limit + 1)
-    except zlib.error:
-        raise BadRequest(f"body is not valid {encoding} data") from None
-    if len(out) > limit or decompressor.unconsumed_tail:
-        raise PayloadTooLarge(f"decompressed body is over the limit of {limit} bytes")
-    return out
+    return await decode_body(
+        await request.body(),
+        request.headers.get(HEADER_LENGTH),
+        request.headers.get("content-encoding"),
+        request.app.state.settings.max_request_bytes,
+    )
 
 
 def _stats(rt: ModelRuntime) -> dict[str, Any]:
