@@ -19,6 +19,7 @@ from service.limits import BodyLimit
 from service.metrics import Metrics, RejectedRequests, new_registry
 from service.registry import Registry
 from service.routes import tasks, v2
+from service.routes.infer import InferRoute
 
 log = logging.getLogger(__name__)
 
@@ -39,6 +40,7 @@ def create_app(settings: Settings) -> FastAPI:
         if not loading.done():
             log.info("shutting down while models are still loading")
         await asyncio.shield(loading)
+        app.state.inference.close()
 
     app = FastAPI(
         title="Edge inference service",
@@ -51,7 +53,7 @@ def create_app(settings: Settings) -> FastAPI:
     )
     app.state.settings = settings
     app.state.registry = registry
-    app.state.inference = Inference(metrics, settings.max_batch_size)
+    app.state.inference = inference = Inference(metrics, settings)
     install_error_handlers(app)
     app.include_router(v2.router)
     app.include_router(tasks.router)
@@ -61,6 +63,8 @@ def create_app(settings: Settings) -> FastAPI:
         """Prometheus text format; a plain route, so /metrics answers without a redirect."""
         return Response(generate_latest(prometheus), media_type=CONTENT_TYPE_LATEST)
 
+    # Innermost: the lean v2 infer route, behind the body limit, auth and rejected counting.
+    app.add_middleware(InferRoute, registry=registry, inference=inference, settings=settings)
     app.add_middleware(BodyLimit, limit=settings.max_request_bytes)
     app.add_middleware(
         BearerAuth, keys=load_api_keys(settings), protect_metrics=settings.protect_metrics

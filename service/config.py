@@ -46,6 +46,24 @@ class Settings(BaseSettings):
     log_level: Literal["critical", "error", "warning", "info", "debug"] = "info"
     """Log level for the service and uvicorn."""
 
+    access_log: bool = False
+    """One log line per HTTP request (uvicorn's access log); off by default: it costs ~10%."""
+
+    max_concurrency: int | None = Field(None, ge=1, le=64)
+    """session.run calls in flight per variant; unset: the usable cores / threads (at least 1)."""
+
+    max_queue: int = Field(128, ge=1)
+    """Requests waiting per variant; beyond it (or the deadline) a quick 503 with Retry-After."""
+
+    queue_deadline_ms: float = Field(100.0, gt=0)
+    """Longest wait in a variant's queue; requests expected to wait longer get 503 at once."""
+
+    batching: Literal["auto", "on", "off"] = "auto"
+    """Zero-delay batching of queued requests: auto where timing at load shows it pays."""
+
+    batch_rows: int = Field(32, ge=1)
+    """Most rows one batched session.run combines from queued requests."""
+
     api_keys: Annotated[tuple[SecretStr, ...], NoDecode] = ()
     """Bearer tokens accepted (comma-separated); with none here or in api_keys_file, no auth."""
 

@@ -46,8 +46,22 @@ class NotReady(ServiceError):
     status_code = 503
 
 
-def error_response(status_code: int, message: str) -> JSONResponse:
-    return JSONResponse({"error": message}, status_code=status_code)
+class Overloaded(ServiceError):
+    """The variant's queue is full or the request waited past its deadline: retry soon."""
+
+    status_code = 503
+    retry_after = 1
+
+
+def error_response(
+    status_code: int, message: str, headers: dict[str, str] | None = None
+) -> JSONResponse:
+    return JSONResponse({"error": message}, status_code=status_code, headers=headers)
+
+
+def error_headers(exc: ServiceError) -> dict[str, str] | None:
+    """Retry-After on an overload 503, so well-behaved clients back off."""
+    return {"retry-after": str(exc.retry_after)} if isinstance(exc, Overloaded) else None
 
 
 def install_error_handlers(app: FastAPI) -> None:
@@ -55,7 +69,7 @@ def install_error_handlers(app: FastAPI) -> None:
 
     async def service_error(_: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, ServiceError)
-        return error_response(exc.status_code, exc.message)
+        return error_response(exc.status_code, exc.message, error_headers(exc))
 
     async def validation_error(_: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, RequestValidationError)

@@ -1,92 +1,145 @@
-"""The one inference path: validate against the model, run off the event loop, record metrics."""
+"""The one inference path: validate against the model, queue on the variant's lane, record."""
 
 from __future__ import annotations
 
+import os
+import threading
 import time
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from types import TracebackType
 
-import anyio.to_thread
 import numpy as np
 from starlette.exceptions import HTTPException
 
+from service.config import Settings
 from service.errors import BadRequest, ServiceError
-from service.metrics import Metrics, mark_resolved
+from service.metrics import Metrics, VariantMetrics, mark_resolved
 from service.protocol import datatype_of
 from service.runtime import Feed, ModelRuntime
+from service.scheduler import Lane, batch_pays, core_slots
+
+
+def usable_cores() -> int:
+    """Cores this process may run on (its CPU affinity, e.g. a taskset or a container's cpuset)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):  # pragma: no cover - non-Linux
+        return os.cpu_count() or 1
+
+
+class _Tracked:
+    """The async context of one request: in flight, then counted with its status and latency."""
+
+    __slots__ = ("_bound", "_runtime", "_started")
+
+    def __init__(self, bound: VariantMetrics, runtime: ModelRuntime) -> None:
+        self._bound = bound
+        self._runtime = runtime
+        self._started = 0.0
+
+    async def __aenter__(self) -> None:
+        mark_resolved()
+        self._bound.in_flight.inc()
+        self._started = time.perf_counter()
+
+    async def __aexit__(
+        self,
+        kind: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        elapsed = time.perf_counter() - self._started
+        bound = self._bound
+        bound.in_flight.dec()
+        if exc is None:
+            status = "200"
+        elif isinstance(exc, ServiceError | HTTPException):  # HTTPException: the body limit's 413
+            status = str(exc.status_code)
+        else:
+            status = "500"
+        bound.count(status)
+        bound.request_seconds.observe(elapsed)
+        if status != "200":
+            self._runtime.record(False, 0, 0, int(elapsed * 1e9), 0)
 
 
 class Inference:
     """Routes call track() around a request and run() for each session call inside it."""
 
-    def __init__(self, metrics: Metrics, max_batch_size: int) -> None:
+    def __init__(self, metrics: Metrics, settings: Settings) -> None:
         self.metrics = metrics
-        self.max_batch_size = max_batch_size
+        self.settings = settings
+        self.max_batch_size = settings.max_batch_size
+        self.slots = core_slots(usable_cores(), settings.threads)
+        self._core_slots = threading.Semaphore(self.slots)
+        self._lanes: dict[ModelRuntime, Lane] = {}
 
-    @asynccontextmanager
-    async def track(self, runtime: ModelRuntime) -> AsyncIterator[None]:
+    def track(self, runtime: ModelRuntime) -> _Tracked:
         """Count the request, its outcome and its latency under the variant's labels."""
-        labels = (runtime.model, runtime.variant)
-        mark_resolved()
-        in_flight = self.metrics.in_flight.labels(*labels)
-        in_flight.inc()
-        started = time.perf_counter()
-        status = "500"
-        try:
-            yield
-            status = "200"
-        except (ServiceError, HTTPException) as exc:  # HTTPException: the body limit's 413
-            status = str(exc.status_code)
-            raise
-        finally:
-            elapsed = time.perf_counter() - started
-            in_flight.dec()
-            self.metrics.requests.labels(*labels, status).inc()
-            self.metrics.request_seconds.labels(*labels).observe(elapsed)
-            if status != "200":
-                runtime.record(False, 0, 0, int(elapsed * 1e9), 0)
+        return _Tracked(self.metrics.variant(runtime.model, runtime.variant), runtime)
 
     async def run(
         self, runtime: ModelRuntime, feed: Feed, outputs: list[str] | None = None
     ) -> dict[str, np.ndarray]:
-        """Validate the feed, run the session in a worker thread, observe queue/compute time."""
-        batch = self._validate(runtime, feed)
+        """Validate the feed, run it on the variant's lane, observe queue/compute time."""
+        rows = self._validate(runtime, feed)
         if outputs is not None:
             unknown = sorted(set(outputs) - {spec.name for spec in runtime.outputs})
             if unknown:
                 raise BadRequest(f"unknown output(s) {', '.join(unknown)} for {runtime.model}")
-        submitted = time.perf_counter()
-
-        def work() -> tuple[dict[str, np.ndarray], float, float]:
-            started = time.perf_counter()
-            result = runtime.predict(feed, outputs)
-            return result, started, time.perf_counter()
-
-        result, started, finished = await anyio.to_thread.run_sync(work)
-        labels = (runtime.model, runtime.variant)
-        self.metrics.queue_seconds.labels(*labels).observe(started - submitted)
-        self.metrics.compute_seconds.labels(*labels).observe(finished - started)
-        self.metrics.batch_size.labels(*labels).observe(batch)
+        done = await self.lane(runtime).submit(feed, outputs, rows)
+        bound = self.metrics.variant(runtime.model, runtime.variant)
+        bound.queue_seconds.observe(done.queue_seconds)
+        bound.compute_seconds.observe(done.compute_seconds)
         runtime.record(
             True,
-            int((started - submitted) * 1e9),
-            int((finished - started) * 1e9),
-            int((finished - submitted) * 1e9),
-            batch,
+            int(done.queue_seconds * 1e9),
+            int(done.compute_seconds * 1e9),
+            int((done.queue_seconds + done.compute_seconds) * 1e9),
+            rows,
         )
-        return result
+        return done.result
+
+    def lane(self, runtime: ModelRuntime) -> Lane:
+        """The variant's lane, started on its first request (after the variant is ready)."""
+        lane = self._lanes.get(runtime)
+        if lane is None:
+            lane = self._lanes[runtime] = self._new_lane(runtime)
+        return lane
+
+    def _new_lane(self, runtime: ModelRuntime) -> Lane:
+        settings = self.settings
+        batching = runtime.batch_axis_dynamic and (
+            settings.batching == "on"
+            or (settings.batching == "auto" and batch_pays(runtime.facts.batch_speedup))
+        )
+        return Lane(
+            runtime,
+            self._core_slots,
+            workers=settings.max_concurrency or self.slots,
+            max_queue=settings.max_queue,
+            deadline=settings.queue_deadline_ms / 1000.0,
+            batch_rows=min(settings.batch_rows, settings.max_batch_size) if batching else 1,
+            observe_batch=self.metrics.variant(runtime.model, runtime.variant).batch_size.observe,
+        )
+
+    def close(self) -> None:
+        """Stop every lane's workers once their queues are empty (new lanes start on demand)."""
+        lanes, self._lanes = self._lanes, {}
+        for lane in lanes.values():
+            lane.close()
 
     def _validate(self, runtime: ModelRuntime, feed: Feed) -> int:
         """Names, datatypes and shapes must match the model; returns the batch size."""
-        expected = {spec.name for spec in runtime.inputs}
-        missing, unknown = sorted(expected - set(feed)), sorted(set(feed) - expected)
-        if missing or unknown:
+        specs = runtime.inputs
+        if len(feed) != len(specs) or any(spec.name not in feed for spec in specs):
+            expected = {spec.name for spec in specs}
+            missing, unknown = sorted(expected - set(feed)), sorted(set(feed) - expected)
             raise BadRequest(
                 f"model '{runtime.model}' takes inputs {sorted(expected)}; "
                 f"missing {missing}, unknown {unknown}"
             )
-        batches = set()
-        for spec in runtime.inputs:
+        batch = -1
+        for spec in specs:
             array = feed[spec.name]
             datatype = datatype_of(array)
             if datatype != spec.datatype:
@@ -100,10 +153,11 @@ class Inference:
                 )
             if 0 in array.shape:
                 raise BadRequest(f"input '{spec.name}' is empty (shape {list(array.shape)})")
-            batches.add(array.shape[0])
-        if len(batches) != 1:
-            raise BadRequest(f"inputs disagree on the batch size: {sorted(batches)}")
-        batch = batches.pop()
+            if batch not in (-1, array.shape[0]):
+                raise BadRequest(
+                    f"inputs disagree on the batch size: {sorted({batch, array.shape[0]})}"
+                )
+            batch = array.shape[0]
         if batch > self.max_batch_size:
             raise BadRequest(f"batch size {batch} is over the limit of {self.max_batch_size}")
         return int(batch)

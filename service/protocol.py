@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-import json
 import math
 import struct
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+import orjson
+from pydantic import BaseModel, ConfigDict, Field
 
 from service.errors import BadRequest
 
@@ -103,6 +103,12 @@ class InferenceResponse(_Wire):
 
 
 # --- decoding --------------------------------------------------------------------------------
+# Hand-checked against the schemas above: pydantic validation of every tensor value cost more
+# than the whole digits inference (bench/README.md); the wire rules stay the same.
+
+_REQUEST_KEYS = frozenset(InferenceRequest.model_fields)
+_INPUT_KEYS = frozenset(RequestInput.model_fields)
+_OUTPUT_KEYS = frozenset(RequestOutput.model_fields)
 
 
 @dataclass(frozen=True)
@@ -120,32 +126,45 @@ class DecodedRequest:
         return self.binary_outputs.get(output, self.binary_default)
 
 
-def split_body(body: bytes, header_length: str | None) -> tuple[bytes, bytes]:
-    """Separate the JSON header from the binary tensor data that follows it."""
+@dataclass(frozen=True)
+class _Tensor:
+    """One checked entry of `inputs`."""
+
+    name: str
+    shape: list[int]
+    datatype: str
+    parameters: dict[str, Any]
+    data: Any
+
+
+def split_body(body: bytes, header_length: str | None) -> tuple[memoryview, memoryview]:
+    """Separate the JSON header from the binary tensor data that follows it (no copies)."""
+    view = memoryview(body)
     if header_length is None:
-        return body, b""
+        return view, view[len(view) :]
     try:
         length = int(header_length)
     except ValueError:
         raise BadRequest(f"{HEADER_LENGTH} must be an integer, got {header_length!r}") from None
     if not 0 < length <= len(body):
         raise BadRequest(f"{HEADER_LENGTH} {length} does not fit a {len(body)}-byte body")
-    return body[:length], body[length:]
+    return view[:length], view[length:]
 
 
 def decode_request(body: bytes, header_length: str | None = None) -> DecodedRequest:
     """Parse a v2 infer body (JSON, or JSON header + binary tensors) into numpy arrays."""
     header, binary = split_body(body, header_length)
     try:
-        request = InferenceRequest.model_validate_json(header)
-    except ValidationError as exc:
-        raise BadRequest(f"malformed inference request: {_first_problem(exc)}") from None
+        request = orjson.loads(header)
+    except orjson.JSONDecodeError as exc:
+        raise BadRequest(f"malformed inference request: invalid JSON ({exc.msg})") from None
+    request_id, params, tensors, outputs = _check_request(request)
     offset = 0
     inputs: dict[str, np.ndarray] = {}
-    for tensor in request.inputs:
+    for tensor in tensors:
         if tensor.name in inputs:
             raise BadRequest(f"input '{tensor.name}' is given twice")
-        size = (tensor.parameters or {}).get("binary_data_size")
+        size = tensor.parameters.get("binary_data_size")
         if size is not None:
             if not isinstance(size, int) or isinstance(size, bool) or size < 0:
                 raise BadRequest(f"input '{tensor.name}': binary_data_size must be an integer")
@@ -161,28 +180,95 @@ def decode_request(body: bytes, header_length: str | None = None) -> DecodedRequ
     if offset != len(binary):
         raise BadRequest(f"{len(binary) - offset} bytes of binary data belong to no input")
 
-    params = request.parameters or {}
     binary_outputs = {
-        out.name: bool(out.parameters["binary_data"])
-        for out in request.outputs or []
-        if out.parameters and "binary_data" in out.parameters
+        name: bool(out_params["binary_data"])
+        for name, out_params in outputs or []
+        if "binary_data" in out_params
     }
     return DecodedRequest(
-        id=request.id,
+        id=request_id,
         inputs=inputs,
-        outputs=[out.name for out in request.outputs] if request.outputs else None,
+        outputs=[name for name, _ in outputs] if outputs else None,
         binary_outputs=binary_outputs,
         binary_default=bool(params.get("binary_data_output", False)),
     )
 
 
-def _first_problem(exc: ValidationError) -> str:
-    err = exc.errors()[0]
-    where = ".".join(str(part) for part in err.get("loc", ()))
-    return f"{where}: {err['msg']}" if where else str(err["msg"])
+def _malformed(where: str, problem: str) -> BadRequest:
+    return BadRequest(f"malformed inference request: {where}: {problem}")
 
 
-def _dtype(tensor: RequestInput) -> np.dtype[Any]:
+def _object(value: Any, where: str, allowed: frozenset[str]) -> dict[str, Any]:
+    if not isinstance(value, dict):
+        raise _malformed(where or "body", "must be a JSON object")
+    extra = sorted(set(value) - allowed)
+    if extra:
+        raise _malformed(f"{where}.{extra[0]}" if where else extra[0], "unknown field")
+    return value
+
+
+def _parameters(value: Any, where: str) -> dict[str, Any]:
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise _malformed(where, "must be an object")
+    return value
+
+
+def _string(value: Any, where: str) -> str:
+    if not isinstance(value, str):
+        raise _malformed(where, "must be a string")
+    return value
+
+
+def _check_request(
+    request: Any,
+) -> tuple[str | None, dict[str, Any], list[_Tensor], list[tuple[str, dict[str, Any]]] | None]:
+    """The InferenceRequest schema's rules, checked by hand: (id, parameters, inputs, outputs)."""
+    body = _object(request, "", _REQUEST_KEYS)
+    request_id = body.get("id")
+    if request_id is not None:
+        _string(request_id, "id")
+    params = _parameters(body.get("parameters"), "parameters")
+    raw_inputs = body.get("inputs")
+    if not isinstance(raw_inputs, list) or not raw_inputs:
+        raise _malformed("inputs", "must be a list of at least one tensor")
+    tensors = []
+    for index, item in enumerate(raw_inputs):
+        where = f"inputs.{index}"
+        entry = _object(item, where, _INPUT_KEYS)
+        shape = entry.get("shape")
+        if not isinstance(shape, list) or not all(
+            isinstance(dim, int) and not isinstance(dim, bool) for dim in shape
+        ):
+            raise _malformed(f"{where}.shape", "must be a list of integers")
+        tensors.append(
+            _Tensor(
+                name=_string(entry.get("name"), f"{where}.name"),
+                shape=shape,
+                datatype=_string(entry.get("datatype"), f"{where}.datatype"),
+                parameters=_parameters(entry.get("parameters"), f"{where}.parameters"),
+                data=entry.get("data"),
+            )
+        )
+    raw_outputs = body.get("outputs")
+    if raw_outputs is None:
+        return request_id, params, tensors, None
+    if not isinstance(raw_outputs, list):
+        raise _malformed("outputs", "must be a list")
+    outputs = []
+    for index, item in enumerate(raw_outputs):
+        entry = _object(item, f"outputs.{index}", _OUTPUT_KEYS)
+        outputs.append(
+            (
+                _string(entry.get("name"), f"outputs.{index}.name"),
+                _parameters(entry.get("parameters"), f"outputs.{index}.parameters"),
+            )
+        )
+    return request_id, params, tensors, outputs
+
+
+def _dtype(tensor: _Tensor) -> np.dtype[Any]:
     try:
         return DATATYPES[tensor.datatype]
     except KeyError:
@@ -192,13 +278,13 @@ def _dtype(tensor: RequestInput) -> np.dtype[Any]:
         ) from None
 
 
-def _element_count(tensor: RequestInput) -> int:
+def _element_count(tensor: _Tensor) -> int:
     if any(dim < 0 for dim in tensor.shape):
         raise BadRequest(f"input '{tensor.name}': shape {tensor.shape} has a negative dimension")
     return math.prod(tensor.shape)
 
 
-def _from_binary(tensor: RequestInput, raw: bytes) -> np.ndarray:
+def _from_binary(tensor: _Tensor, raw: memoryview) -> np.ndarray:
     dtype, count = _dtype(tensor), _element_count(tensor)
     if tensor.datatype == "BYTES":
         elements = _unpack_bytes(tensor.name, raw)
@@ -215,7 +301,7 @@ def _from_binary(tensor: RequestInput, raw: bytes) -> np.ndarray:
     return np.frombuffer(raw, dtype=dtype).reshape(tensor.shape)
 
 
-def _unpack_bytes(name: str, raw: bytes) -> list[bytes]:
+def _unpack_bytes(name: str, raw: memoryview) -> list[bytes]:
     """BYTES elements on the wire: a 4-byte little-endian length, then the bytes."""
     elements, offset = [], 0
     while offset < len(raw):
@@ -225,12 +311,12 @@ def _unpack_bytes(name: str, raw: bytes) -> list[bytes]:
         offset += 4
         if offset + length > len(raw):
             raise BadRequest(f"input '{name}': BYTES element runs past the binary data")
-        elements.append(raw[offset : offset + length])
+        elements.append(bytes(raw[offset : offset + length]))
         offset += length
     return elements
 
 
-def _from_json(tensor: RequestInput) -> np.ndarray:
+def _from_json(tensor: _Tensor) -> np.ndarray:
     dtype, count = _dtype(tensor), _element_count(tensor)
     if tensor.data is None:
         raise BadRequest(f"input '{tensor.name}' has neither data nor binary_data_size")
@@ -260,7 +346,7 @@ def _flatten(data: Any) -> Any:
         yield data
 
 
-def _cast(tensor: RequestInput, array: np.ndarray, dtype: np.dtype[Any]) -> np.ndarray:
+def _cast(tensor: _Tensor, array: np.ndarray, dtype: np.dtype[Any]) -> np.ndarray:
     """Numbers to the declared datatype; never strings, fractions into ints, or overflow."""
     if array.size == 0:
         return array.astype(dtype)
@@ -287,7 +373,7 @@ def encode_response(
 ) -> tuple[bytes, dict[str, str]]:
     """The response body and headers; binary outputs go after the JSON header."""
     entries: list[dict[str, Any]] = []
-    chunks: list[bytes] = []
+    chunks: list[Any] = []
     for name, array in outputs.items():
         entry: dict[str, Any] = {
             "name": name,
@@ -296,21 +382,26 @@ def encode_response(
         }
         if request.wants_binary(name):
             raw = _pack(array)
-            entry["parameters"] = {"binary_data_size": len(raw)}
+            entry["parameters"] = {"binary_data_size": raw.nbytes}
             chunks.append(raw)
         else:
-            entry["data"] = json_data(array)
+            entry["data"] = _json_values(array)
         entries.append(entry)
     body: dict[str, Any] = {"model_name": model, "model_version": version, "outputs": entries}
     if request.id is not None:
         body["id"] = request.id
-    header = json.dumps(body, separators=(",", ":")).encode()
+    header = dumps(body)
     if not chunks:
         return header, {"content-type": "application/json"}
-    return header + b"".join(chunks), {
+    return b"".join([header, *chunks]), {
         "content-type": "application/octet-stream",
         HEADER_LENGTH: str(len(header)),
     }
+
+
+def dumps(payload: Any) -> bytes:
+    """JSON bytes; numpy arrays are written by orjson directly (no Python float objects)."""
+    return orjson.dumps(payload, option=orjson.OPT_SERIALIZE_NUMPY)
 
 
 def json_data(array: np.ndarray) -> list[Any]:
@@ -321,15 +412,23 @@ def json_data(array: np.ndarray) -> list[Any]:
     return values
 
 
+def _json_values(array: np.ndarray) -> Any:
+    """What dumps() writes as the flat data list: the array itself where orjson can."""
+    if array.dtype.kind in "biuf":
+        return np.ascontiguousarray(array).reshape(-1)
+    return json_data(array)
+
+
 def _text(item: Any) -> str:
     return item.decode(errors="replace") if isinstance(item, bytes) else str(item)
 
 
-def _pack(array: np.ndarray) -> bytes:
+def _pack(array: np.ndarray) -> memoryview:
+    """The tensor's bytes on the wire, without a copy where the array is contiguous already."""
     if array.dtype.kind in "OSU":
         parts = []
         for item in array.ravel():
             raw = item if isinstance(item, bytes) else str(item).encode()
             parts.append(struct.pack("<I", len(raw)) + raw)
-        return b"".join(parts)
-    return np.ascontiguousarray(array).tobytes()
+        return memoryview(b"".join(parts))
+    return np.ascontiguousarray(array).reshape(-1).view(np.uint8).data

@@ -1,4 +1,8 @@
-"""Request-scoped access to the app's registry and inference path."""
+"""Request-scoped access to the app's registry and inference path.
+
+async on purpose: FastAPI runs a plain `def` dependency in its thread pool, a thread hop per
+dependency per request for what is an attribute read.
+"""
 
 from __future__ import annotations
 
@@ -10,12 +14,12 @@ from service.inference import Inference
 from service.registry import Registry
 
 
-def _registry(request: Request) -> Registry:
+async def _registry(request: Request) -> Registry:
     registry: Registry = request.app.state.registry
     return registry
 
 
-def _inference(request: Request) -> Inference:
+async def _inference(request: Request) -> Inference:
     inference: Inference = request.app.state.inference
     return inference
 

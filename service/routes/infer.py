@@ -1,0 +1,165 @@
+"""The v2 infer call as plain ASGI: the one hot path, without the framework's per-request layers.
+
+FastAPI's routing, dependency solving and request objects cost more than a small model's whole
+inference (bench/README.md has the profile). InferRoute answers POST .../infer itself and hands
+every other request to the FastAPI app, which still documents the same route in /docs (its
+handler calls the same infer_response). It sits inside the app's other middleware (auth, body
+limit, rejected-request counting), so those apply to it unchanged.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+import zlib
+
+from starlette.exceptions import HTTPException
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from service.config import Settings
+from service.errors import BadRequest, PayloadTooLarge, ServiceError, error_headers
+from service.inference import Inference
+from service.protocol import DecodedRequest, decode_request, dumps, encode_response
+from service.registry import Registry
+
+log = logging.getLogger(__name__)
+
+INFER_PATH = re.compile(r"^/v2/models/(?P<model>[^/]+)(?:/versions/(?P<version>[^/]+))?/infer$")
+# JSON bodies and JSON outputs above these sizes are parsed/written in a worker thread, so the
+# event loop (health, metrics, other requests) never stalls behind a big tensor.
+OFFLOAD_BODY_BYTES = 64 * 1024
+OFFLOAD_OUTPUT_VALUES = 16 * 1024
+_JSON = [(b"content-type", b"application/json")]
+
+
+async def infer_response(
+    registry: Registry,
+    inference: Inference,
+    settings: Settings,
+    model: str,
+    version: str | None,
+    body: bytes,
+    header_length: str | None,
+    encoding: str | None,
+) -> tuple[bytes, dict[str, str]]:
+    """One v2 infer call from body bytes to response bytes and headers."""
+    runtime = registry.runtime(model, version)
+    async with inference.track(runtime):
+        decoded = await decode_body(body, header_length, encoding, settings.max_request_bytes)
+        outputs = await inference.run(runtime, decoded.inputs, decoded.outputs)
+        if any(
+            array.size > OFFLOAD_OUTPUT_VALUES and not decoded.wants_binary(name)
+            for name, array in outputs.items()
+        ):
+            return await asyncio.to_thread(
+                encode_response, model, runtime.variant, decoded, outputs
+            )
+        return encode_response(model, runtime.variant, decoded, outputs)
+
+
+async def decode_body(
+    body: bytes, header_length: str | None, encoding: str | None, limit: int
+) -> DecodedRequest:
+    """Decompress and decode; in a worker thread when there is much JSON or gzip to read."""
+    identity = encoding is None or encoding.lower() == "identity"
+    json_bytes = len(body) if header_length is None else _int_or_zero(header_length)
+    if identity and json_bytes <= OFFLOAD_BODY_BYTES:
+        return decode_request(body, header_length)
+
+    def work() -> DecodedRequest:
+        return decode_request(decompress(body, encoding, limit), header_length)
+
+    return await asyncio.to_thread(work)
+
+
+def decompress(body: bytes, encoding: str | None, limit: int) -> bytes:
+    """gzip/deflate bodies (tritonclient's request_compression_algorithm), bounded."""
+    encoding = (encoding or "identity").lower()
+    if encoding == "identity":
+        return body
+    if encoding not in ("gzip", "deflate"):
+        raise BadRequest(f"unsupported Content-Encoding {encoding!r} (gzip, deflate)")
+    decompressor = zlib.decompressobj(wbits=31 if encoding == "gzip" else 15)
+    try:
+        out = decompressor.decompress(body, limit + 1)
+    except zlib.error:
+        raise BadRequest(f"body is not valid {encoding} data") from None
+    if len(out) > limit or decompressor.unconsumed_tail:
+        raise PayloadTooLarge(f"decompressed body is over the limit of {limit} bytes")
+    return out
+
+
+def _int_or_zero(text: str) -> int:
+    return int(text) if text.isdigit() else 0
+
+
+class InferRoute:
+    """ASGI middleware: POST /v2/models/{model}[/versions/{version}]/infer answered here."""
+
+    def __init__(
+        self, app: ASGIApp, registry: Registry, inference: Inference, settings: Settings
+    ) -> None:
+        self.app = app
+        self.registry = registry
+        self.inference = inference
+        self.settings = settings
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["method"] == "POST":
+            match = INFER_PATH.match(scope["path"])
+            if match is not None:
+                await self._infer(scope, receive, send, match["model"], match["version"])
+                return
+        await self.app(scope, receive, send)
+
+    async def _infer(
+        self, scope: Scope, receive: Receive, send: Send, model: str, version: str | None
+    ) -> None:
+        extra: dict[str, str] | None = None
+        try:
+            body = await _read_body(receive)
+            if body is None:
+                return  # the client went away; nothing to answer
+            header_length = encoding = None
+            for name, value in scope["headers"]:
+                if name == b"inference-header-content-length":
+                    header_length = value.decode("latin-1")
+                elif name == b"content-encoding":
+                    encoding = value.decode("latin-1")
+            content, headers = await infer_response(
+                self.registry, self.inference, self.settings, model, version,
+                body, header_length, encoding,
+            )  # fmt: skip
+            status = 200
+            raw_headers = [(k.lower().encode("latin-1"), v.encode()) for k, v in headers.items()]
+        except ServiceError as exc:
+            status, content, raw_headers = exc.status_code, dumps({"error": exc.message}), _JSON
+            extra = error_headers(exc)
+        except HTTPException as exc:  # the body limit's 413 while the body streams in
+            status, content, raw_headers = exc.status_code, dumps({"error": str(exc.detail)}), _JSON
+        except Exception:
+            log.exception("unhandled error on POST %s", scope["path"])
+            status, content, raw_headers = 500, dumps({"error": "internal server error"}), _JSON
+        if extra:
+            raw_headers = [*raw_headers, *((k.encode(), v.encode()) for k, v in extra.items())]
+        await send(
+            {
+                "type": "http.response.start",
+                "status": status,
+                "headers": [*raw_headers, (b"content-length", str(len(content)).encode())],
+            }
+        )
+        await send({"type": "http.response.body", "body": content})
+
+
+async def _read_body(receive: Receive) -> bytes | None:
+    """The whole request body (None if the client disconnected first)."""
+    chunks: list[bytes] = []
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            return None
+        chunks.append(message.get("body", b""))
+        if not message.get("more_body", False):
+            return chunks[0] if len(chunks) == 1 else b"".join(chunks)
