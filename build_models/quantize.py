@@ -35,17 +35,33 @@ def _scratch_dir() -> Iterator[Path]:
             os.chdir(previous)
 
 
+def preprocess(fp32_path: Path, out_path: Path, skip_symbolic_shape: bool = False) -> None:
+    """ORT's quantization pre-processing (shape inference, folding), in a scratch folder."""
+    fp32_path, out_path = fp32_path.resolve(), out_path.resolve()
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    with _scratch_dir():
+        quant_pre_process(str(fp32_path), str(out_path), skip_symbolic_shape=skip_symbolic_shape)
+
+
 def quantize_static_qdq(
-    fp32_path: Path, out_path: Path, recipe: StaticRecipe, reader: CalibrationDataReader
+    fp32_path: Path,
+    out_path: Path,
+    recipe: StaticRecipe,
+    reader: CalibrationDataReader,
+    preprocessed: bool = False,
 ) -> dict[str, Any]:
-    """Write a static QDQ INT8 model; return the recipe with the nodes it resolved to exclude."""
+    """Write a static QDQ INT8 model; return the recipe with the nodes it resolved to exclude.
+
+    With preprocessed=True, fp32_path already went through preprocess() (the search reuses it).
+    """
     fp32_path, out_path = fp32_path.resolve(), out_path.resolve()
     out_path.parent.mkdir(parents=True, exist_ok=True)
     with _scratch_dir() as tmp:
-        prepared = tmp / "preprocessed.onnx"
-        quant_pre_process(
-            str(fp32_path), str(prepared), skip_symbolic_shape=recipe.skip_symbolic_shape
-        )
+        prepared = fp32_path if preprocessed else tmp / "preprocessed.onnx"
+        if not preprocessed:
+            quant_pre_process(
+                str(fp32_path), str(prepared), skip_symbolic_shape=recipe.skip_symbolic_shape
+            )
         excluded = recipe.nodes_to_exclude(onnx.load(str(prepared), load_external_data=False))
         extra = {
             "ActivationSymmetric": recipe.activation_symmetric,

@@ -17,6 +17,7 @@ QuantType = Literal["QUInt8", "QInt8"]
 class StaticRecipe:
     """quantize_static in QDQ format with ORT calibration; every argument spelled out."""
 
+    name: str = "static"
     calibrate_method: CalibrationMethod = "MinMax"
     # U8 activations with S8 weights: ~2x faster than S8/S8 on x86 VNNI (NOTES.md).
     activation_type: QuantType = "QUInt8"
@@ -25,12 +26,12 @@ class StaticRecipe:
     reduce_range: bool = False
     activation_symmetric: bool = False
     weight_symmetric: bool = True
-    calibration_samples: int = 200
-    calibration_batch_size: int = 16
     op_types_to_quantize: tuple[str, ...] | None = None
     # Nodes kept in FP32: exact op types and name regexes, resolved against the pre-processed graph.
     exclude_op_types: tuple[str, ...] = ()
     exclude_name_patterns: tuple[str, ...] = ()
+    # Nodes moved to FP32 by name (the accuracy-aware fallback adds to these).
+    exclude_nodes: tuple[str, ...] = ()
     # A model-specific rule over the pre-processed graph (recorded by name and docstring).
     exclude_rule: Callable[[onnx.ModelProto], list[str]] | None = None
     # A graph edit applied to the quantized model (recorded by name and docstring).
@@ -49,6 +50,7 @@ class StaticRecipe:
             if node.op_type in self.exclude_op_types
             or any(p.search(node.name) for p in patterns)
             or node.name in by_rule
+            or node.name in self.exclude_nodes
         ]
 
     def describe(self) -> dict[str, Any]:
@@ -60,6 +62,7 @@ class StaticRecipe:
 class DynamicRecipe:
     """quantize_dynamic: weights INT8 ahead of time, activations quantized per call."""
 
+    name: str = "dynamic"
     weight_type: QuantType = "QInt8"
     per_channel: bool = True
     reduce_range: bool = False

@@ -21,7 +21,8 @@ from service.manifest import (
     ModelManifest,
     SoftmaxPostprocessing,
 )
-from service.processing import Processor, decode_image
+from service.processing import Processor
+from service.specs import NUMPY_TYPES
 
 HEADER_LENGTH = "Inference-Header-Content-Length"
 WRONG_ANSWER = "wrong answer"
@@ -39,17 +40,7 @@ TASK = "task"
 WEIGHTS = {INFER_BINARY: 3, INFER_JSON: 1, TASK: 2}
 """Relative weights of the request kinds (TASK: the model's task endpoint)."""
 
-_NUMPY_TYPES = {
-    "FP32": np.float32,
-    "FP64": np.float64,
-    "FP16": np.float16,
-    "INT64": np.int64,
-    "INT32": np.int32,
-    "INT8": np.int8,
-    "UINT8": np.uint8,
-    "BOOL": np.bool_,
-}
-_V2_TYPES = {np.dtype(v).name: k for k, v in _NUMPY_TYPES.items()}
+_V2_TYPES = {np.dtype(v).name: k for k, v in NUMPY_TYPES.items()}
 
 
 @dataclass(frozen=True)
@@ -175,7 +166,7 @@ def decode_infer_response(
     offset = length
     outputs: dict[str, tuple[np.ndarray, bool]] = {}
     for out in header["outputs"]:
-        dtype = _NUMPY_TYPES[out["datatype"]]
+        dtype = NUMPY_TYPES[out["datatype"]]
         size = (out.get("parameters") or {}).get("binary_data_size")
         flat: np.ndarray
         if size is not None:
@@ -248,20 +239,17 @@ def prepare(model_dir: Path, variants: list[str] | None = None) -> Workload:
     processor = Processor(manifest, model_dir)
     samples = []
     for index, sample in enumerate(manifest.samples):
+        # The same feed the service warms up with: images decoded, text tokenized, .npz read.
+        feed = processor.sample_feed(index)
         task: Body | None = None
-        if sample.text is not None:
-            feed = processor.texts_to_feed([sample.text])
-            if manifest.task == "text-embedding":
-                task = Body(
-                    json.dumps({"sentences": [sample.text]}).encode(),
-                    {"Content-Type": "application/json"},
-                )
-        else:
-            assert sample.file is not None
+        if sample.text is not None and manifest.task == "text-embedding":
+            task = Body(
+                json.dumps({"sentences": [sample.text]}).encode(),
+                {"Content-Type": "application/json"},
+            )
+        elif sample.file is not None and manifest.task in TASK_ROUTES:
             content = (model_dir / sample.file).read_bytes()
-            feed = processor.images_to_feed([decode_image(content)])
-            if manifest.task in ("image-classification", "text-recognition"):
-                task = encode_multipart("image", Path(sample.file).name, content)
+            task = encode_multipart("image", Path(sample.file).name, content)
         samples.append(
             PreparedSample(
                 index=index,

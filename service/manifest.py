@@ -9,9 +9,9 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 MANIFEST_FILE = "model.json"
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
-Task = Literal["image-classification", "text-embedding", "text-recognition"]
+Task = Literal["image-classification", "text-embedding", "text-recognition", "tensor"]
 
 
 class _Model(BaseModel):
@@ -27,18 +27,25 @@ class TensorSpec(_Model):
 
 
 class ImagePreprocessing(_Model):
-    """How an uploaded image becomes the model's NCHW float tensor."""
+    """How an uploaded image becomes the model's float tensor (one image, no batch axis)."""
 
     kind: Literal["image"] = "image"
     color: Literal["L", "RGB", "BGR"]
     height: int
     width: int
-    resize: Literal["stretch", "keep-aspect-pad-right"]
+    # stretch: to height x width; keep-aspect-pad-right: to the height, padded on the right
+    # (text lines); short-side-crop: short side to resize_short, then a centre crop.
+    resize: Literal["stretch", "keep-aspect-pad-right", "short-side-crop"]
+    resize_short: int | None = None
+    layout: Literal["NCHW", "NHWC"] = "NCHW"
     invert: bool = False
-    # value = ((pixel / 255, inverted if asked) * scale - mean) / std, per channel
-    scale: float = 1.0
+    # value = ((255 - pixel if invert else pixel) * scale - mean) / std, per channel
+    scale: float = 1 / 255
     mean: list[float] = Field(default_factory=lambda: [0.0])
     std: list[float] = Field(default_factory=lambda: [1.0])
+
+
+TokenColumn = Literal["ids", "attention_mask", "type_ids"]
 
 
 class TextPreprocessing(_Model):
@@ -47,6 +54,8 @@ class TextPreprocessing(_Model):
     kind: Literal["text"] = "text"
     tokenizer: str
     max_length: int
+    # graph input name -> the tokenizer column it takes
+    inputs: dict[str, TokenColumn]
 
 
 Preprocessing = Annotated[ImagePreprocessing | TextPreprocessing, Field(discriminator="kind")]
@@ -84,12 +93,13 @@ class Sample(_Model):
     """A held-out example shipped with the model for warm-up, docs and load tests.
 
     Image models give a file (relative to the model folder) and its label or text;
-    text models give the text itself.
+    text models give the text itself; tensor models an .npz with one array per input.
     """
 
     file: str | None = None
     label: str | None = None
     text: str | None = None
+    tensors: str | None = None
 
 
 class GateCheck(_Model):
@@ -129,10 +139,12 @@ class ModelManifest(_Model):
     task: Task
     description: str
     default_variant: str
+    # Why the default won, in one sentence with the numbers (the build's speed rule).
+    default_reason: str = ""
     inputs: list[TensorSpec]
     outputs: list[TensorSpec]
-    preprocessing: Preprocessing
-    postprocessing: Postprocessing
+    preprocessing: Preprocessing | None = None
+    postprocessing: Postprocessing | None = None
     samples: list[Sample]
     build: dict[str, Any]
     variants: dict[str, Variant]

@@ -5,9 +5,11 @@ from __future__ import annotations
 import io
 import json
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
@@ -21,6 +23,7 @@ from service.manifest import (
     SoftmaxPostprocessing,
     TextPreprocessing,
 )
+from service.specs import NUMPY_TYPES
 
 Feed = dict[str, np.ndarray]
 
@@ -69,7 +72,12 @@ class Processor:
         if not isinstance(pre, ImagePreprocessing):
             raise BadRequest(f"model '{self.manifest.name}' does not take images")
         batch = np.stack([image_tensor(pre, image) for image in images])
-        return {self.input_names[0]: batch}
+        return {self.input_names[0]: batch.astype(self._input_dtype, copy=False)}
+
+    @cached_property
+    def _input_dtype(self) -> np.dtype[Any]:
+        """The first input's numpy type (FP32 for most image models, UINT8 for some)."""
+        return np.dtype(NUMPY_TYPES.get(self.manifest.inputs[0].datatype, np.float32))
 
     def classify(self, logits: np.ndarray, top_k: int) -> list[list[LabelScore]]:
         post = self.manifest.postprocessing
@@ -100,7 +108,7 @@ class Processor:
         pre = self.manifest.preprocessing
         if not isinstance(pre, TextPreprocessing):
             raise BadRequest(f"model '{self.manifest.name}' does not take text")
-        return encode_texts(self.tokenizer, texts, self.input_names)
+        return encode_texts(self.tokenizer, texts, pre.inputs)
 
     @cached_property
     def tokenizer(self) -> Tokenizer:
@@ -110,9 +118,12 @@ class Processor:
 
     # --- samples -------------------------------------------------------------------------
 
-    def sample_feed(self) -> Feed:
-        """A real input from the model's shipped samples, for warm-up."""
-        sample = self.manifest.samples[0]
+    def sample_feed(self, index: int = 0) -> Feed:
+        """A real input from the model's shipped samples, for warm-up and load tests."""
+        sample = self.manifest.samples[index]
+        if sample.tensors is not None:
+            with np.load(self.model_dir / sample.tensors) as arrays:
+                return {name: arrays[name] for name in self.input_names}
         if sample.text is not None:
             return self.texts_to_feed([sample.text])
         assert sample.file is not None
@@ -127,38 +138,55 @@ def load_tokenizer(path: Path, max_length: int) -> Tokenizer:
     return tokenizer
 
 
-def encode_texts(tokenizer: Tokenizer, texts: list[str], input_names: list[str]) -> Feed:
-    """Token ids, attention mask (and token types) as INT64, for the inputs the model has."""
+def encode_texts(tokenizer: Tokenizer, texts: list[str], inputs: Mapping[str, str]) -> Feed:
+    """INT64 token columns (ids, attention_mask, type_ids) under the graph's input names."""
     encodings = tokenizer.encode_batch(texts)
     columns = {
-        "input_ids": [e.ids for e in encodings],
-        "attention_mask": [e.attention_mask for e in encodings],
-        "token_type_ids": [e.type_ids for e in encodings],
+        "ids": lambda e: e.ids,
+        "attention_mask": lambda e: e.attention_mask,
+        "type_ids": lambda e: e.type_ids,
     }
-    return {name: np.asarray(columns[name], dtype=np.int64) for name in input_names}
+    return {
+        name: np.asarray([columns[column](e) for e in encodings], dtype=np.int64)
+        for name, column in inputs.items()
+    }
 
 
 def image_tensor(pre: ImagePreprocessing, image: Image.Image) -> np.ndarray:
-    """CHW float32 following the manifest: resize, scale to 0..1, invert, scale, normalise."""
-    image = image.convert("RGB" if pre.color == "BGR" else pre.color)
-    if pre.resize == "stretch":
-        image = image.resize((pre.width, pre.height), Image.Resampling.BOX)
-    else:
-        width = min(pre.width, max(1, math.ceil(pre.height * image.width / image.height)))
-        image = image.resize((width, pre.height), Image.Resampling.BILINEAR)
-    pixels = np.asarray(image, dtype=np.float32) / 255.0
+    """CHW (or HWC) float32 following the manifest: resize, invert, scale, normalise."""
+    image = _resized(pre, image.convert("RGB" if pre.color == "BGR" else pre.color))
+    pixels = np.asarray(image, dtype=np.float32)
     if pixels.ndim == 2:
         pixels = pixels[:, :, None]
     elif pre.color == "BGR":
         pixels = pixels[:, :, ::-1]
     if pre.invert:
-        pixels = 1.0 - pixels
+        pixels = 255.0 - pixels
     mean = np.asarray(pre.mean, dtype=np.float32)
     std = np.asarray(pre.std, dtype=np.float32)
-    chw = ((pixels * pre.scale - mean) / std).transpose(2, 0, 1)
-    if chw.shape[2] < pre.width:  # keep-aspect: pad on the right with zeros after normalising
-        chw = np.pad(chw, ((0, 0), (0, 0), (0, pre.width - chw.shape[2])))
-    return np.ascontiguousarray(chw, dtype=np.float32)
+    hwc = (pixels * np.float32(pre.scale) - mean) / std
+    if hwc.shape[1] < pre.width:  # keep-aspect: pad on the right with zeros after normalising
+        hwc = np.pad(hwc, ((0, 0), (0, pre.width - hwc.shape[1]), (0, 0)))
+    out = hwc if pre.layout == "NHWC" else hwc.transpose(2, 0, 1)
+    return np.ascontiguousarray(out, dtype=np.float32)
+
+
+def _resized(pre: ImagePreprocessing, image: Image.Image) -> Image.Image:
+    """The image at the model's geometry: stretched, text-line fitted, or short side + crop."""
+    if pre.resize == "stretch":
+        return image.resize((pre.width, pre.height), Image.Resampling.BOX)
+    if pre.resize == "keep-aspect-pad-right":
+        width = min(pre.width, max(1, math.ceil(pre.height * image.width / image.height)))
+        return image.resize((width, pre.height), Image.Resampling.BILINEAR)
+    short = pre.resize_short or min(pre.height, pre.width)
+    ratio = short / min(image.width, image.height)
+    size = (
+        max(pre.width, round(image.width * ratio)),
+        max(pre.height, round(image.height * ratio)),
+    )
+    image = image.resize(size, Image.Resampling.BILINEAR)
+    left, top = (size[0] - pre.width) // 2, (size[1] - pre.height) // 2
+    return image.crop((left, top, left + pre.width, top + pre.height))
 
 
 def ctc_greedy(probabilities: np.ndarray, charset: list[str], blank: int = 0) -> TextScore:

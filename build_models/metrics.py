@@ -1,0 +1,67 @@
+"""Accuracy metrics of a variant against ground truth and against FP32, one function each."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+
+def top1(outputs: np.ndarray, truth: Sequence[int]) -> float:
+    """Share (in %) of rows whose argmax is the true class."""
+    return float(np.mean(outputs.argmax(-1) == np.asarray(truth)) * 100.0)
+
+
+def top1_agreement(outputs: np.ndarray, reference: np.ndarray) -> float:
+    """Share (in %) of rows whose argmax over the last axis matches the reference."""
+    return float(np.mean(outputs.argmax(-1) == reference.argmax(-1)) * 100.0)
+
+
+def max_abs_diff(outputs: np.ndarray, reference: np.ndarray) -> float:
+    return float(np.max(np.abs(outputs.astype(np.float64) - reference.astype(np.float64))))
+
+
+def cosine_rows(outputs: np.ndarray, reference: np.ndarray) -> np.ndarray:
+    """Cosine similarity of each row (flattened past the batch axis) to the reference row."""
+    a = outputs.reshape(len(outputs), -1).astype(np.float64)
+    b = reference.reshape(len(reference), -1).astype(np.float64)
+    norms = np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1)
+    return np.sum(a * b, axis=1) / np.maximum(norms, 1e-12)
+
+
+def ranking(outputs: np.ndarray, reference: np.ndarray) -> dict[str, float]:
+    """Do embeddings rank like FP32's: Spearman of pair similarities, nearest neighbour kept."""
+    from scipy.stats import spearmanr
+
+    a = outputs / np.linalg.norm(outputs, axis=1, keepdims=True)
+    b = reference / np.linalg.norm(reference, axis=1, keepdims=True)
+    sim_a, sim_b = a @ a.T, b @ b.T
+    upper = np.triu_indices(len(a), k=1)
+    spearman = float(spearmanr(sim_a[upper], sim_b[upper]).statistic)
+    np.fill_diagonal(sim_a, -np.inf)
+    np.fill_diagonal(sim_b, -np.inf)
+    kept = float(np.mean(sim_a.argmax(axis=1) == sim_b.argmax(axis=1)))
+    return {"ranking_spearman": spearman, "ranking_neighbour_kept": kept}
+
+
+def edit_distance(a: str, b: str) -> int:
+    """Levenshtein distance (insert, delete, substitute all cost 1)."""
+    previous = list(range(len(b) + 1))
+    for i, char_a in enumerate(a, 1):
+        current = [i]
+        for j, char_b in enumerate(b, 1):
+            current.append(
+                min(previous[j] + 1, current[j - 1] + 1, previous[j - 1] + (char_a != char_b))
+            )
+        previous = current
+    return previous[-1]
+
+
+def strings(texts: Sequence[str], truth: Sequence[str]) -> dict[str, float]:
+    """Exact match and character accuracy (1 - edit distance / characters), in %."""
+    distance = sum(edit_distance(t, g) for t, g in zip(texts, truth, strict=True))
+    characters = max(1, sum(len(g) for g in truth))
+    return {
+        "exact_match": float(np.mean([t == g for t, g in zip(texts, truth, strict=True)])) * 100,
+        "char_accuracy": max(0.0, 1.0 - distance / characters) * 100.0,
+    }

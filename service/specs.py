@@ -1,0 +1,60 @@
+"""model.json's tensor specs checked against the ONNX graph a variant actually loads."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import onnxruntime as ort
+
+from service.manifest import TensorSpec
+
+ORT_TYPES = {
+    "tensor(float)": "FP32", "tensor(float16)": "FP16", "tensor(double)": "FP64",
+    "tensor(int64)": "INT64", "tensor(int32)": "INT32", "tensor(int16)": "INT16",
+    "tensor(int8)": "INT8", "tensor(uint8)": "UINT8", "tensor(uint16)": "UINT16",
+    "tensor(uint32)": "UINT32", "tensor(uint64)": "UINT64", "tensor(bool)": "BOOL",
+    "tensor(string)": "BYTES",
+}  # fmt: skip
+"""ONNX Runtime's type names -> Open Inference Protocol datatypes."""
+
+NUMPY_TYPES: dict[str, type[np.generic]] = {
+    "FP32": np.float32, "FP16": np.float16, "FP64": np.float64, "INT64": np.int64,
+    "INT32": np.int32, "INT16": np.int16, "INT8": np.int8, "UINT8": np.uint8,
+    "UINT16": np.uint16, "UINT32": np.uint32, "UINT64": np.uint64, "BOOL": np.bool_,
+}  # fmt: skip
+"""Open Inference Protocol datatypes -> numpy scalar types (all but BYTES)."""
+
+
+def spec_mismatches(
+    session: ort.InferenceSession, inputs: Sequence[TensorSpec], outputs: Sequence[TensorSpec]
+) -> list[str]:
+    """What differs between the manifest and the graph (empty when they agree)."""
+    problems = []
+    for kind, specs, args in (
+        ("input", inputs, session.get_inputs()),
+        ("output", outputs, session.get_outputs()),
+    ):
+        graph = {arg.name: arg for arg in args}
+        if set(graph) != {spec.name for spec in specs}:
+            problems.append(
+                f"{kind}s are {sorted(graph)} in the graph, {sorted(s.name for s in specs)} "
+                "in model.json"
+            )
+            continue
+        for spec in specs:
+            arg = graph[spec.name]
+            datatype = ORT_TYPES.get(arg.type, arg.type)
+            if datatype != spec.datatype:
+                problems.append(
+                    f"{kind} {spec.name!r} is {datatype}, model.json says {spec.datatype}"
+                )
+            dims = list(arg.shape or [])
+            if len(dims) != len(spec.shape) or any(
+                isinstance(d, int) and d > 0 and s not in (-1, d)
+                for d, s in zip(dims, spec.shape, strict=False)
+            ):
+                problems.append(
+                    f"{kind} {spec.name!r} has shape {dims}, model.json says {spec.shape}"
+                )
+    return problems
