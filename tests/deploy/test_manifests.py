@@ -92,8 +92,39 @@ def test_deployment_probes_and_ports() -> None:
         assert c[probe]["httpGet"] == {"path": path, "port": "http"}, probe
     startup = c["startupProbe"]
     assert startup["periodSeconds"] * startup["failureThreshold"] >= 120, "allow 2 min warm-up"
-    env = {e["name"]: e["value"] for e in c["env"]}
+    env = {e["name"]: e.get("value") for e in c["env"]}
     assert env["EDGE_HOST"] == "0.0.0.0" and env["EDGE_PORT"] == str(PORT)
+
+
+def drain_seconds() -> int:
+    """How long the service drains after SIGTERM (uvicorn's graceful-shutdown timeout)."""
+    source = (ROOT / "service" / "__main__.py").read_text()
+    match = re.search(r"timeout_graceful_shutdown=(\d+)", source)
+    if match:
+        return int(match.group(1))
+    from service.config import Settings  # a drain setting replaces the literal
+
+    return int(Settings.model_fields["drain_timeout"].default)
+
+
+def test_deployment_stops_without_dropping_requests() -> None:
+    """preStop outlasts endpoint removal; the grace period covers it plus the drain."""
+    pod = resources()["Deployment"]["spec"]["template"]["spec"]
+    pre_stop = container()["lifecycle"]["preStop"]
+    assert 3 <= pre_stop["sleep"]["seconds"] <= 15
+    assert pod["terminationGracePeriodSeconds"] >= pre_stop["sleep"]["seconds"] + drain_seconds()
+
+
+def test_deployment_readiness_mode_and_tokens() -> None:
+    """The readiness mode is explicit and explained; tokens come from an optional Secret."""
+    env = {e["name"]: e for e in container()["env"]}
+    assert env["EDGE_STRICT_READINESS"]["value"] in {"true", "false"}
+    text = (K8S / "deployment.yaml").read_text()
+    assert "EDGE_STRICT_READINESS" in (DEPLOY / "README.md").read_text()
+    assert "rolling update" in text
+    ref = env["EDGE_API_KEYS"]["valueFrom"]["secretKeyRef"]
+    assert ref["optional"] is True and ref["name"] and ref["key"]
+    assert "value" not in env["EDGE_API_KEYS"], "never a token in the manifest"
 
 
 def test_deployment_is_locked_down() -> None:
@@ -158,6 +189,42 @@ def compose() -> dict[str, Any]:
     return yaml.safe_load((DEPLOY / "compose.yaml").read_text())
 
 
+def expand(value: str, env: dict[str, str] | None = None) -> str:
+    """Compose's ${VAR:-default} / ${VAR:?error} interpolation with `env` as the environment."""
+    env = env or {}
+
+    def one(match: re.Match[str]) -> str:
+        name, op, arg = match.group(1), match.group(2), match.group(3)
+        if env.get(name):
+            return env[name]
+        if op == ":?":
+            raise LookupError(f"{name}: {arg}")
+        return arg or ""
+
+    return re.sub(r"\$\{(\w+)(?:(:-|:\?)([^}]*))?\}", one, value)
+
+
+def test_compose_publishes_on_loopback_by_default() -> None:
+    """A box on a shop-floor network exposes nothing until the operator opts in."""
+    for name, svc in compose()["services"].items():
+        for port in svc.get("ports", []):
+            assert expand(port).startswith("127.0.0.1:"), f"{name}: {port}"
+            assert expand(port, {"BIND_ADDRESS": "0.0.0.0"}).startswith("0.0.0.0:"), name
+
+
+def test_compose_has_no_default_credentials_or_lifecycle_api() -> None:
+    services = compose()["services"]
+    assert not any("enable-lifecycle" in arg for arg in services["prometheus"]["command"])
+    password = services["grafana"]["environment"]["GF_SECURITY_ADMIN_PASSWORD"]
+    with pytest.raises(LookupError, match="GRAFANA_ADMIN_PASSWORD"):
+        expand(password)  # compose refuses to start without one
+    assert expand(password, {"GRAFANA_ADMIN_PASSWORD": "s3cret"}) == "s3cret"
+    env = services["edge-inference"]["environment"]
+    assert expand(env["EDGE_API_KEYS"]) == ""  # open on loopback unless tokens are set
+    assert expand(env["EDGE_API_KEYS"], {"EDGE_API_KEYS": "t1,t2"}) == "t1,t2"
+    assert expand(env["EDGE_STRICT_READINESS"]) in {"true", "false"}
+
+
 def test_compose_service_is_an_edge_box() -> None:
     svc = compose()["services"]["edge-inference"]
     assert svc["read_only"] is True
@@ -205,7 +272,7 @@ def test_quadlet_container_unit() -> None:
     q = unit(DEPLOY / "systemd" / "edge-inference.container")
     c = q["Container"]
     assert c["Image"]
-    assert c["PublishPort"].endswith(f":{PORT}")
+    assert c["PublishPort"] == f"127.0.0.1:{PORT}:{PORT}"
     assert c["ReadOnly"] == "true"
     assert c["DropCapability"] == "ALL"
     assert c["User"] == str(UID)
@@ -221,6 +288,9 @@ def test_classic_systemd_unit() -> None:
     assert start.startswith("/usr/bin/podman run")
     for flag in ("--read-only", "--memory 512m", "--cap-drop ALL", "--sdnotify=conmon"):
         assert flag in start, flag
+    assert "EDGE_API_KEYS=" not in start, "tokens must not appear on podman's command line"
+    assert "--env EDGE_API_KEYS " in start
+    assert f"EDGE_PUBLISH=127.0.0.1:{PORT}:{PORT}" in path.read_text()
     assert u["Service"]["Restart"] in {"always", "on-failure"}
     analyze = shutil.which("systemd-analyze")
     if analyze and Path("/usr/bin/podman").exists():
