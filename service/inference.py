@@ -106,19 +106,24 @@ class Inference:
             lane = self._lanes[runtime] = self._new_lane(runtime)
         return lane
 
-    def _new_lane(self, runtime: ModelRuntime) -> Lane:
+    def batch_rows(self, runtime: ModelRuntime) -> int:
+        """Rows one run may stack from queued requests; 1 where batching is off or does not pay."""
         settings = self.settings
         batching = runtime.batch_axis_dynamic and (
             settings.batching == "on"
             or (settings.batching == "auto" and batch_pays(runtime.facts.batch_speedup))
         )
+        return min(settings.batch_rows, settings.max_batch_size) if batching else 1
+
+    def _new_lane(self, runtime: ModelRuntime) -> Lane:
+        settings = self.settings
         return Lane(
             runtime,
             self._core_slots,
             workers=settings.max_concurrency or self.slots,
             max_queue=settings.max_queue,
             deadline=settings.queue_deadline_ms / 1000.0,
-            batch_rows=min(settings.batch_rows, settings.max_batch_size) if batching else 1,
+            batch_rows=self.batch_rows(runtime),
             observe_batch=self.metrics.variant(runtime.model, runtime.variant).batch_size.observe,
         )
 

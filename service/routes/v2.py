@@ -167,8 +167,9 @@ async def model_config(
     registry: RegistryDep, request: Request, model: str, version: str | None = None
 ) -> dict[str, Any]:
     entry = registry.entry(model)
-    registry.runtime(model, version, ready=False)
+    runtime = registry.runtime(model, version, ready=False)
     max_batch = request.app.state.settings.max_batch_size
+    batch_rows = request.app.state.inference.batch_rows(runtime)
 
     def tensors(specs: list[Any]) -> list[dict[str, Any]]:
         return [
@@ -177,7 +178,7 @@ async def model_config(
             for s in specs
         ]  # fmt: skip
 
-    return {
+    config: dict[str, Any] = {
         "name": entry.name,
         "platform": "onnxruntime_onnx",
         "backend": "onnxruntime",
@@ -187,6 +188,12 @@ async def model_config(
         "version_policy": {"specific": {"versions": list(entry.runtimes)}},
         "parameters": {"default_version": {"string_value": entry.default_variant}},
     }
+    if batch_rows > 1:  # Triton's field; zero delay: queued requests only, no waiting window
+        config["dynamic_batching"] = {
+            "max_queue_delay_microseconds": 0,
+            "preferred_batch_size": [batch_rows],
+        }
+    return config
 
 
 @router.get("/models/{model}/stats", summary="Statistics (Triton extension, default version)")

@@ -1,0 +1,252 @@
+"""The bench's Markdown report and its goal checks, from the JSON a run writes."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from bench.run import MINIMAL, SERVICE_BINARY, SERVICE_JSON, UNBATCHED
+
+MB = 1e6
+
+
+def _cell(results: dict[str, Any], variant: str, config: str, c: int) -> dict[str, Any] | None:
+    for cell in results["cells"]:
+        if (cell["variant"], cell["config"], cell["concurrency"]) == (variant, config, c):
+            found: dict[str, Any] = cell
+            return found
+    return None
+
+
+def _rate(cell: dict[str, Any] | None) -> str:
+    if cell is None:
+        return "—"
+    return f"{cell['ok_per_second']:.0f} ±{cell['ok_per_second_spread'] * 100:.0f}%"
+
+
+def _p50(cell: dict[str, Any] | None) -> str:
+    if cell is None:
+        return "—"
+    return f"{cell['p50_ms']:.2f} ms ±{cell['p50_ms_spread'] * 100:.0f}%"
+
+
+def _failed(cell: dict[str, Any] | None) -> str:
+    """Non-200 answers and socket errors, where there were any."""
+    if cell is None:
+        return ""
+    bad = {k: v for k, v in cell["statuses"].items() if k != "200"}
+    parts = [f"{v}x{k}" for k, v in sorted(bad.items())]
+    if cell["errors"]:
+        parts.append(f"{cell['errors']} socket errors")
+    return f" ({', '.join(parts)})" if parts else ""
+
+
+def headline_table(results: dict[str, Any], c_high: int) -> list[str]:
+    """The issue's table: floor, service binary/JSON, the minimal endpoint; medians ± spread."""
+    lines = [
+        f"| model/variant | raw ORT p50 | service binary c=1 p50 · c={c_high} req/s "
+        f"| service JSON c={c_high} req/s | minimal c=1 p50 · c={c_high} req/s "
+        f"| binary/minimal c={c_high} |",
+        "|---|---|---|---|---|---|",
+    ]
+    for variant, floor in results["floors"].items():
+        binary_1 = _cell(results, variant, SERVICE_BINARY, 1)
+        binary_n = _cell(results, variant, SERVICE_BINARY, c_high)
+        json_n = _cell(results, variant, SERVICE_JSON, c_high)
+        min_1 = _cell(results, variant, MINIMAL, 1)
+        min_n = _cell(results, variant, MINIMAL, c_high)
+        ratio = (
+            f"{binary_n['ok_per_second'] / min_n['ok_per_second']:.2f}x"
+            if binary_n and min_n and min_n["ok_per_second"]
+            else "—"
+        )
+        lines.append(
+            f"| {variant} | {floor['p50_ms']:.3f} ms | {_p50(binary_1)} · {_rate(binary_n)}"
+            f"{_failed(binary_n)} | {_rate(json_n)}{_failed(json_n)} | {_p50(min_1)} · "
+            f"{_rate(min_n)}{_failed(min_n)} | {ratio} |"
+        )
+    return lines
+
+
+def grid_table(results: dict[str, Any]) -> list[str]:
+    """Every cell: 200s per second (p50) by configuration and concurrency."""
+    levels = results["meta"]["concurrency"]
+    lines = [
+        "| model/variant | configuration | "
+        + " | ".join(f"c={c} req/s (p50)" for c in levels)
+        + " |",
+        "|---|---|" + "---|" * len(levels),
+    ]
+    for variant in results["floors"]:
+        for config in (SERVICE_BINARY, SERVICE_JSON, MINIMAL, UNBATCHED):
+            cells = [_cell(results, variant, config, c) for c in levels]
+            if not any(cells):
+                continue
+            row = " | ".join(
+                "—" if cell is None else f"{_rate(cell)} ({cell['p50_ms']:.2f} ms){_failed(cell)}"
+                for cell in cells
+            )
+            lines.append(f"| {variant} | {config} | {row} |")
+    return lines
+
+
+def memory_table(results: dict[str, Any]) -> list[str]:
+    lines = [
+        "| model/variant | service RSS at rest → peak → 2 s after (MB) "
+        "| minimal RSS at rest → peak → after (MB) |",
+        "|---|---|---|",
+    ]
+    for variant, m in results["memory"].items():
+        lines.append(
+            f"| {variant} | {m['service_rest'] / MB:.0f} → {m['service_peak'] / MB:.0f} → "
+            f"{m['service_after'] / MB:.0f} | {m['minimal_rest'] / MB:.0f} → "
+            f"{m['minimal_peak'] / MB:.0f} → {m['minimal_after'] / MB:.0f} |"
+        )
+    return lines
+
+
+def goals(results: dict[str, Any], c_high: int) -> list[dict[str, Any]]:
+    """Each goal of issue 10 with its measured value and whether this run met it."""
+    out: list[dict[str, Any]] = []
+
+    def add(goal: str, value: float | None, target: str, met: bool | None) -> None:
+        out.append({"goal": goal, "value": value, "target": target, "met": met})
+
+    def ratio(a: dict[str, Any] | None, b: dict[str, Any] | None, key: str) -> float | None:
+        if a is None or b is None or not b[key]:
+            return None
+        value: float = a[key] / b[key]
+        return value
+
+    floors = results["floors"]
+    if "digits/int8" in floors:
+        r = ratio(
+            _cell(results, "digits/int8", SERVICE_BINARY, c_high),
+            _cell(results, "digits/int8", MINIMAL, c_high),
+            "ok_per_second",
+        )
+        add(f"digits/int8 binary c={c_high} req/s / minimal", r, ">= 1.3", _ge(r, 1.3))
+        r = ratio(
+            _cell(results, "digits/int8", SERVICE_BINARY, 1),
+            _cell(results, "digits/int8", MINIMAL, 1),
+            "p50_ms",
+        )
+        add("digits/int8 binary c=1 p50 / minimal p50", r, "<= 1.0", _le(r, 1.0))
+    if "minilm/int8-dynamic" in floors:
+        r = ratio(
+            _cell(results, "minilm/int8-dynamic", SERVICE_BINARY, c_high),
+            _cell(results, "minilm/int8-dynamic", MINIMAL, c_high),
+            "ok_per_second",
+        )
+        add(f"minilm/int8-dynamic binary c={c_high} req/s / minimal", r, ">= 1.3", _ge(r, 1.3))
+    if "ocr/int8" in floors:
+        r = ratio(
+            _cell(results, "ocr/int8", SERVICE_JSON, c_high),
+            _cell(results, "ocr/int8", MINIMAL, c_high),
+            "ok_per_second",
+        )
+        add(f"ocr/int8 JSON c={c_high} req/s / minimal", r, ">= 1.0", _ge(r, 1.0))
+        binary = _cell(results, "ocr/int8", SERVICE_BINARY, c_high)
+        r = binary["ok_per_second"] / floors["ocr/int8"]["per_second"] if binary else None
+        add(f"ocr/int8 binary c={c_high} req/s / one-core floor", r, ">= 0.9", _ge(r, 0.9))
+    for variant, floor in floors.items():
+        model, name = variant.split("/")
+        reference = f"{model}/fp32"
+        if not name.startswith("int8") or reference not in floors:
+            continue
+        if floors[reference]["p50_ms"] < 1.0:
+            continue
+        raw = floor["per_second"] / floors[reference]["per_second"]
+        served = ratio(
+            _cell(results, variant, SERVICE_BINARY, c_high),
+            _cell(results, reference, SERVICE_BINARY, c_high),
+            "ok_per_second",
+        )
+        kept = served / raw if served is not None and raw else None
+        add(
+            f"{variant}/fp32 served throughput ratio / raw ratio ({raw:.2f}x raw)",
+            kept,
+            ">= 0.8",
+            _ge(kept, 0.8),
+        )
+    overload = results.get("overload")
+    if overload:
+        low, high = overload["results"]["2"], overload["results"]["64"]
+        only = set(high["statuses"]) <= {"200", "503"} and not high["errors"]
+        add(f"{overload['variant']} c=64: every answer 200 or 503", float(only), "yes", only)
+        r = high["p99_ms"] / low["p99_ms"] if low["p99_ms"] else None
+        add(f"{overload['variant']} p99 of 200s c=64 / c=2", r, "<= 5", _le(r, 5.0))
+        live = high["extra"]["live_max_ms"]
+        add("liveness under c=64, slowest probe (ms)", live, "< 500", _le(live, 500.0))
+    cold = results["cold_start_seconds"]
+    add("cold start to ready, default models (s)", cold, "<= 3", _le(cold, 3.0))
+    return out
+
+
+def _ge(value: float | None, bound: float) -> bool | None:
+    return None if value is None or math.isnan(value) else value >= bound
+
+
+def _le(value: float | None, bound: float) -> bool | None:
+    return None if value is None or math.isnan(value) else value <= bound
+
+
+def markdown(results: dict[str, Any]) -> str:
+    """The whole report."""
+    meta = results["meta"]
+    levels = meta["concurrency"]
+    c_high = 16 if 16 in levels else max(levels)
+    load = meta["load_average_before"], meta["load_average_after"]
+    lines = [
+        f"# Bench {meta['time']}{' (quick)' if meta['quick'] else ''}",
+        "",
+        f"{meta['cpu']}, {meta['cores']} cores; server on core {meta['server_core']}, load "
+        f"generator (wrk, 1 thread) on core {meta['load_core']}. {meta['rounds']} rounds of "
+        f"{meta['seconds_per_run']:g} s per cell, configurations interleaved; each figure is "
+        f"the median of the rounds ± their spread ((max - min) / median). Rates count 200s only. "
+        f"Load average {load[0][0]:.2f} before, {load[1][0]:.2f} after. "
+        f"Versions: {', '.join(f'{k} {v}' for k, v in meta['versions'].items())}.",
+        "",
+        "## Headline",
+        "",
+        *headline_table(results, c_high),
+        "",
+        "## Every cell",
+        "",
+        *grid_table(results),
+        "",
+        "Dynamic batching (service): "
+        + ", ".join(f"{v} {'on' if on else 'off'}" for v, on in results["batching"].items())
+        + ". Load generator CPU, most of any run: "
+        + f"{max(c['generator_cpu_max'] for c in results['cells']) * 100:.0f}% of its core.",
+        "",
+        "## Memory",
+        "",
+        *memory_table(results),
+        "",
+    ]
+    overload = results.get("overload")
+    if overload:
+        lines += [
+            f"## Overload: {overload['variant']} binary, clients that never back off",
+            "",
+            "| clients | answers | 200/s | p50 / p99 of 200s | 503 p50 | slowest liveness probe |",
+            "|---|---|---|---|---|---|",
+        ]
+        for clients, r in overload["results"].items():
+            answers = ", ".join(f"{v}x{k}" for k, v in sorted(r["statuses"].items()))
+            if r["errors"]:
+                answers += f", {r['errors']} socket errors"
+            lines.append(
+                f"| {clients} | {answers} "
+                f"| {r['ok'] / r['seconds']:.0f} | {r['p50_ms']:.1f} / {r['p99_ms']:.1f} ms "
+                f"| {r['extra']['rejected_p50_ms']:.1f} ms | {r['extra']['live_max_ms']:.1f} ms |"
+            )
+        lines.append("")
+    lines += ["## Goals (issue 10)", "", "| goal | measured | target | met |", "|---|---|---|---|"]
+    for goal in goals(results, c_high):
+        value = "—" if goal["value"] is None else f"{goal['value']:.2f}"
+        met = {True: "yes", False: "**no**", None: "—"}[goal["met"]]
+        lines.append(f"| {goal['goal']} | {value} | {goal['target']} | {met} |")
+    lines.append(f"\nCold start to ready: {results['cold_start_seconds']:.2f} s.")
+    return "\n".join(lines) + "\n"

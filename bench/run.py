@@ -1,0 +1,333 @@
+"""The benchmark run: floors, then interleaved load on the service and the minimal endpoint.
+
+Servers are pinned to core 0 and the load generator to core 1 (of a 2-core box; with one core
+everything shares it and the bench says so). For each model/variant, every (configuration,
+concurrency) cell is run `rounds` times, configurations interleaved A B C A B C, so drift on a
+shared machine hits each alike; a cell reports its median and its spread (max - min) / median.
+"""
+
+from __future__ import annotations
+
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+
+from bench.load import LoadResult, run_overload, run_wrk, wrk_path
+from bench.payloads import Payload, binary_payload, json_payload, sample_feed
+from loadtests.process import ServiceProcess, free_port, start_service, stop_service
+from service.manifest import ModelManifest
+
+SERVICE_BINARY, SERVICE_JSON, MINIMAL, UNBATCHED = (
+    "service binary", "service JSON", "minimal JSON", "service binary, batching off",
+)  # fmt: skip
+
+
+@dataclass
+class Plan:
+    """What one bench run measures."""
+
+    repository: Path
+    variants: list[str]
+    concurrency: list[int]
+    rounds: int
+    seconds: float
+    overload_seconds: float
+    quick: bool
+    server_core: int | None
+    load_core: int | None
+
+
+@dataclass
+class Cell:
+    """One (variant, configuration, concurrency) cell over its rounds."""
+
+    variant: str
+    config: str
+    concurrency: int
+    runs: list[LoadResult] = field(default_factory=list)
+
+    def _spread(self, values: list[float]) -> float:
+        middle = statistics.median(values)
+        return (max(values) - min(values)) / middle if middle else 0.0
+
+    def summary(self) -> dict[str, Any]:
+        rates = [run.ok_per_second for run in self.runs]
+        p50s = [run.p50_ms for run in self.runs]
+        statuses: dict[str, int] = {}
+        for run in self.runs:
+            for status, count in run.statuses.items():
+                statuses[status] = statuses.get(status, 0) + count
+        return {
+            "variant": self.variant,
+            "config": self.config,
+            "concurrency": self.concurrency,
+            "ok_per_second": statistics.median(rates),
+            "ok_per_second_spread": self._spread(rates),
+            "p50_ms": statistics.median(p50s),
+            "p50_ms_spread": self._spread(p50s),
+            "p99_ms": statistics.median(run.p99_ms for run in self.runs),
+            "statuses": statuses,
+            "errors": sum(run.errors for run in self.runs),
+            "generator_cpu_max": max(run.generator_cpu for run in self.runs),
+            "rounds": [asdict(run) for run in self.runs],
+        }
+
+
+def plan_cores() -> tuple[int | None, int | None]:
+    """(server core, load core): 0 and 1 where there are two cores to use."""
+    cores = sorted(os.sched_getaffinity(0))
+    return (cores[0], cores[1]) if len(cores) >= 2 else (None, None)
+
+
+def _pin(core: int | None) -> Any:
+    return (lambda: os.sched_setaffinity(0, {core})) if core is not None else None
+
+
+def rss_bytes(pid: int) -> int:
+    """Resident set size of a process (VmRSS)."""
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 0
+
+
+@contextmanager
+def peak_rss(pid: int) -> Iterator[dict[str, int]]:
+    """Sample a process's RSS every 20 ms while the block runs; yields {'peak': bytes}."""
+    found = {"peak": rss_bytes(pid)}
+    stop = threading.Event()
+
+    def sample() -> None:
+        while not stop.wait(0.02):
+            found["peak"] = max(found["peak"], rss_bytes(pid))
+
+    thread = threading.Thread(target=sample, daemon=True)
+    thread.start()
+    try:
+        yield found
+    finally:
+        stop.set()
+        thread.join()
+
+
+def start_pinned_service(
+    plan: Plan, log: Path, env: dict[str, str] | None = None
+) -> tuple[ServiceProcess, float]:
+    """`python -m service` with its shipped defaults, pinned; (process, seconds to ready)."""
+    started = time.perf_counter()
+    service = start_service(plan.repository, log, env=env, preexec=_pin(plan.server_core))
+    _wait_ready(service.url, service.process, 60.0)
+    return service, time.perf_counter() - started
+
+
+def start_minimal(plan: Plan, model_file: Path, log: Path) -> ServiceProcess:
+    """The single-file baseline on the same core, for one model file."""
+    port = free_port()
+    with log.open("wb") as handle:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "bench.minimal", str(model_file), "--port", str(port)],
+            stdout=handle,
+            stderr=subprocess.STDOUT,
+            preexec_fn=_pin(plan.server_core),
+        )
+    service = ServiceProcess(f"http://127.0.0.1:{port}", process, log)
+    _wait_ready(service.url, process, 60.0)
+    return service
+
+
+def _wait_ready(url: str, process: subprocess.Popen[bytes] | None, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process is not None and process.poll() is not None:
+            raise RuntimeError(f"{url}: the server exited during start-up")
+        try:
+            if httpx.get(f"{url}/v2/health/ready", timeout=2).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        time.sleep(0.02)
+    raise RuntimeError(f"{url} was not ready within {timeout:.0f} s")
+
+
+def measure_floor(plan: Plan, model_file: Path, feed: dict[str, np.ndarray]) -> dict[str, Any]:
+    """session.run alone, in a fresh process pinned to the server's core."""
+    with tempfile.NamedTemporaryFile(suffix=".npz") as sample:
+        np.savez(sample.name, **feed)  # type: ignore[arg-type]
+        done = subprocess.run(
+            [sys.executable, "-m", "bench.floor", str(model_file), sample.name,
+             "--seconds", str(max(1.0, plan.seconds))],
+            capture_output=True, text=True, check=True, preexec_fn=_pin(plan.server_core),
+        )  # fmt: skip
+    result: dict[str, Any] = floor_json(done.stdout)
+    return result
+
+
+def floor_json(text: str) -> dict[str, Any]:
+    import json
+
+    value: dict[str, Any] = json.loads(text)
+    return value
+
+
+def batching_of(url: str, model: str, variant: str) -> bool:
+    """Whether the service batches this variant (Triton's dynamic_batching in its config)."""
+    config = httpx.get(f"{url}/v2/models/{model}/versions/{variant}/config", timeout=5).json()
+    return "dynamic_batching" in config
+
+
+def run(plan: Plan, workdir: Path, say: Any = print) -> dict[str, Any]:
+    """Everything the report needs, as one JSON-ready dict."""
+    if wrk_path() is None:
+        raise RuntimeError(
+            "wrk is not installed: `apt-get install wrk` (make bench does it as root)"
+        )
+    affinity = os.sched_getaffinity(0)
+    if plan.load_core is not None:
+        os.sched_setaffinity(0, {plan.load_core})  # this process generates load too (overload)
+    try:
+        return _run(plan, workdir, say)
+    finally:
+        os.sched_setaffinity(0, affinity)
+
+
+def _run(plan: Plan, workdir: Path, say: Any) -> dict[str, Any]:
+    load_before = os.getloadavg()
+    service, cold_start = start_pinned_service(plan, workdir / "service.log")
+    say(f"service ready in {cold_start:.2f} s (cold start, default models)")
+    unbatched: ServiceProcess | None = None
+    cells: list[Cell] = []
+    floors: dict[str, Any] = {}
+    memory: dict[str, Any] = {}
+    batching: dict[str, bool] = {}
+    try:
+        for name in plan.variants:
+            model, variant = name.split("/")
+            manifest = ModelManifest.read(plan.repository / model)
+            model_file = plan.repository / model / manifest.variants[variant].file
+            feed = sample_feed(plan.repository, model)
+            floors[name] = measure_floor(plan, model_file, feed)
+            batching[name] = batching_of(service.url, model, variant)
+            say(f"{name}: floor p50 {floors[name]['p50_ms']:.3f} ms; batching {batching[name]}")
+            if batching[name] and unbatched is None:
+                unbatched, _ = start_pinned_service(
+                    plan, workdir / "service-unbatched.log", env={"EDGE_BATCHING": "off"}
+                )
+            minimal = start_minimal(plan, model_file, workdir / f"minimal-{model}-{variant}.log")
+            path = f"/v2/models/{model}/versions/{variant}/infer"
+            targets: list[tuple[str, str, Payload]] = [
+                (SERVICE_BINARY, service.url + path, binary_payload(feed)),
+                (SERVICE_JSON, service.url + path, json_payload(feed)),
+                (MINIMAL, f"{minimal.url}/v2/models/{model}/infer", json_payload(feed)),
+            ]
+            if batching[name] and unbatched is not None:
+                targets.append((UNBATCHED, unbatched.url + path, binary_payload(feed)))
+            rest = {"service": rss_bytes(_pid(service)), "minimal": rss_bytes(_pid(minimal))}
+            with peak_rss(_pid(service)) as service_peak, peak_rss(_pid(minimal)) as min_peak:
+                for connections in plan.concurrency:
+                    row = {cfg: Cell(name, cfg, connections) for cfg, _, _ in targets}
+                    for _ in range(plan.rounds):
+                        for cfg, url, payload in targets:
+                            row[cfg].runs.append(
+                                run_wrk(url, payload, connections, plan.seconds, plan.load_core)
+                            )
+                    cells.extend(row.values())
+                    say(_progress(name, connections, row))
+            time.sleep(2.0)  # let the arena and the allocator give memory back
+            memory[name] = {
+                "service_rest": rest["service"],
+                "service_peak": service_peak["peak"],
+                "service_after": rss_bytes(_pid(service)),
+                "minimal_rest": rest["minimal"],
+                "minimal_peak": min_peak["peak"],
+                "minimal_after": rss_bytes(_pid(minimal)),
+            }
+            stop_service(minimal)
+        overload = run_overload_pair(plan, service)
+    finally:
+        stop_service(service)
+        if unbatched is not None:
+            stop_service(unbatched)
+    return {
+        "meta": _meta(plan, load_before),
+        "cold_start_seconds": cold_start,
+        "floors": floors,
+        "batching": batching,
+        "cells": [cell.summary() for cell in cells],
+        "memory": memory,
+        "overload": overload,
+    }
+
+
+def run_overload_pair(plan: Plan, service: ServiceProcess) -> dict[str, Any]:
+    """The heaviest variant benched at 2 and at 64 clients that never back off."""
+    preferred = [v for v in ("ocr/int8", "minilm/int8-dynamic") if v in plan.variants]
+    name = preferred[0] if preferred else plan.variants[-1]
+    model, variant = name.split("/")
+    payload = binary_payload(sample_feed(plan.repository, model))
+    path = f"/v2/models/{model}/versions/{variant}/infer"
+    results = {
+        str(c): asdict(run_overload(service.url, path, payload, c, plan.overload_seconds))
+        for c in (2, 64)
+    }
+    return {"variant": name, "results": results}
+
+
+def _pid(service: ServiceProcess) -> int:
+    assert service.process is not None
+    return service.process.pid
+
+
+def _progress(name: str, connections: int, row: dict[str, Cell]) -> str:
+    parts = [
+        f"{cfg} {statistics.median(r.ok_per_second for r in cell.runs):.0f}/s"
+        for cfg, cell in row.items()
+    ]
+    return f"{name} c={connections}: " + ", ".join(parts)
+
+
+def _meta(plan: Plan, load_before: tuple[float, float, float]) -> dict[str, Any]:
+    import platform
+    from importlib.metadata import version
+
+    cpu = ""
+    try:
+        cpu = next(
+            line.split(":", 1)[1].strip()
+            for line in Path("/proc/cpuinfo").read_text().splitlines()
+            if line.startswith("model name")
+        )
+    except (OSError, StopIteration):
+        pass
+    return {
+        "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "quick": plan.quick,
+        "rounds": plan.rounds,
+        "seconds_per_run": plan.seconds,
+        "concurrency": plan.concurrency,
+        "server_core": plan.server_core,
+        "load_core": plan.load_core,
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "load_average_before": load_before,
+        "load_average_after": os.getloadavg(),
+        "python": platform.python_version(),
+        "versions": {
+            pkg: version(pkg)
+            for pkg in ("onnxruntime", "uvicorn", "fastapi", "uvloop", "httptools", "orjson")
+        },
+    }
