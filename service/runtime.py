@@ -142,11 +142,13 @@ class ModelRuntime:
             return
         self.state = State.READY
         log.info(
-            "loaded %s in %.2f s (warm-up %.2f s, +%.1f MB RSS)",
+            "loaded %s in %.2f s (warm-up %.2f s, +%.1f MB RSS, %.3f ms/row, batch gain %s)",
             self.name,
             self.facts.load_seconds,
             self.facts.warmup_seconds,
             self.facts.memory_warm_bytes / 1e6,
+            self.facts.row_seconds * 1000,
+            "n/a" if self.facts.batch_speedup is None else f"x{self.facts.batch_speedup:.2f}",
         )
 
     def predict(self, feed: Feed, outputs: list[str] | None = None) -> dict[str, np.ndarray]:
