@@ -241,7 +241,8 @@ class Search:
         ranked = rank_nodes(prepared, candidate.path, self.calibration[:RANK_BATCHES])
         already = set((candidate.quantization or {}).get("nodes_excluded", []))
         ranked = [node for node in ranked if node not in already]
-        limit = min(config.fallback.max_nodes, len(ranked))
+        # At least one node stays quantized: an all-FP32 "int8" would only measure noise.
+        limit = min(config.fallback.max_nodes, len(ranked) - 1)
         self.log(f"  fallback: {len(ranked)} quantized nodes ranked by qdq_loss_debug error")
         moved: list[str] = []
         for round_ in range(1, limit // config.fallback.step + 2):
@@ -270,16 +271,22 @@ def choose(candidates: Sequence[Candidate]) -> Candidate | None:
     return best
 
 
+TIE_MARGIN = 0.05
+"""A variant must beat FP32 by more than this share to be the default: ties go to FP32."""
+
+
 def default_variant(latency_ms: dict[str, float], passing: Sequence[str]) -> tuple[str, str]:
     """The speed rule: the fastest variant that passed its gate, and one sentence on why."""
-    winner = min(passing, key=lambda name: latency_ms[name])
     fp32 = latency_ms[FP32]
+    faster = [n for n in passing if n == FP32 or latency_ms[n] < fp32 * (1 - TIE_MARGIN)]
+    winner = min(faster, key=lambda name: latency_ms[name])
     others = sorted((n for n in latency_ms if n != FP32), key=lambda n: latency_ms[n])
     if winner == FP32 and others:
         fastest = others[0]
         return winner, (
-            f"fp32 is the default: no INT8 variant that passed its accuracy budget was faster on "
-            f"this machine (fp32 {fp32:.3f} ms, {fastest} {latency_ms[fastest]:.3f} ms, batch 1)."
+            f"fp32 is the default: no INT8 variant that passed its accuracy budget was over "
+            f"{TIE_MARGIN:.0%} faster on this machine (fp32 {fp32:.3f} ms, {fastest} "
+            f"{latency_ms[fastest]:.3f} ms, batch 1)."
         )
     if winner == FP32:
         return winner, "fp32 is the only variant."
@@ -290,33 +297,64 @@ def default_variant(latency_ms: dict[str, float], passing: Sequence[str]) -> tup
     )
 
 
+CLEAN_DB = 100.0
+"""SQNR given to tensors with no quantization error upstream (graph inputs)."""
+
+
 def rank_nodes(prepared: Path, qdq: Path, feeds: Sequence[Feed]) -> list[str]:
-    """Quantized nodes, worst first: the lowest SQNR (dB) of their inputs' Q/DQ and weights."""
+    """Nodes to move to FP32, worst first: where qdq_loss_debug's SQNR against FP32 drops most.
+
+    A node's damage is the SQNR (dB, INT8 model vs FP32 model) of its inputs minus that of its
+    outputs: the error it adds, not the error it inherits. Each such node comes with the
+    consumers of its outputs, since an activation keeps its Q/DQ while any consumer is INT8.
+    """
     from onnxruntime.quantization.qdq_loss_debug import (
         collect_activations,
         compute_activation_error,
-        compute_weight_error,
         create_activation_matching,
-        create_weight_matching,
         modify_model_output_intermediate_tensors,
     )
 
-    augmented = qdq.with_name("augmented.onnx")
-    modify_model_output_intermediate_tensors(str(qdq), str(augmented))
-    activations = collect_activations(
-        str(augmented), FeedReader(list(feeds)), execution_providers=["CPUExecutionProvider"]
-    )
-    matched = create_activation_matching(activations)
-    tensor_error = {
-        name: errors["qdq_err"] for name, errors in compute_activation_error(matched).items()
-    }
-    tensor_error.update(compute_weight_error(create_weight_matching(str(prepared), str(qdq))))
-    augmented.unlink(missing_ok=True)
+    def intermediate(model: Path) -> dict[str, list[np.ndarray]]:
+        """Every intermediate tensor of `model` over the feeds."""
+        augmented = qdq.with_name(f"augmented-{model.stem}.onnx")
+        modify_model_output_intermediate_tensors(str(model), str(augmented))
+        try:
+            return collect_activations(
+                str(augmented),
+                FeedReader(list(feeds)),
+                execution_providers=["CPUExecutionProvider"],
+            )
+        finally:
+            augmented.unlink(missing_ok=True)
 
+    matched = create_activation_matching(intermediate(qdq), intermediate(prepared))
+    measured = {
+        name: min(float(errors["xmodel_err"]), CLEAN_DB)
+        for name, errors in compute_activation_error(matched).items()
+    }
+    sqnr = dict(measured)
     graph = onnx.load(str(prepared), load_external_data=False).graph
-    scores: dict[str, float] = {}
+    weights = {init.name for init in graph.initializer}
+    consumers: dict[str, list[str]] = {}
     for node in graph.node:
-        errors = [tensor_error[i] for i in node.input if i in tensor_error]
-        if errors:
-            scores[node.name] = min(float(e) for e in errors)
-    return sorted(scores, key=lambda name: scores[name])
+        for name in node.input:
+            consumers.setdefault(name, []).append(node.name)
+    # Nodes since the last measured tensor: fused ops (Conv+Relu) have no Q/DQ in between.
+    segment_of: dict[str, list[str]] = {}
+    damage: list[tuple[float, list[str]]] = []
+    for node in graph.node:  # ONNX graphs are topologically sorted
+        inputs = [i for i in node.input if i and i not in weights]
+        upstream = min((sqnr[i] for i in inputs if i in sqnr), default=CLEAN_DB)
+        segment = [n for i in inputs for n in segment_of.get(i, [])] + [node.name]
+        for out in node.output:
+            if out in measured:
+                group = segment + consumers.get(out, [])
+                damage.append((upstream - measured[out], group))
+            else:
+                sqnr[out], segment_of[out] = upstream, segment
+    ranked: dict[str, None] = {}  # insertion-ordered set
+    for _, group in sorted(damage, key=lambda item: -item[0]):
+        for name in group:
+            ranked.setdefault(name, None)
+    return list(ranked)

@@ -13,7 +13,7 @@ from PIL import Image
 
 import build_models.__main__ as cli
 from build_models.pipeline import BuildResult
-from build_models.sources import digits
+from build_models.plugins import digits
 from service.manifest import (
     MANIFEST_FILE,
     GateCheck,
@@ -44,9 +44,9 @@ def _qdq_nodes(path: Path) -> tuple[int, int]:
 def _preprocess(image: Image.Image, spec: ImagePreprocessing) -> np.ndarray:
     """What a client does with a sample PNG: grayscale, BOX resize, invert, scale -> NCHW."""
     gray = image.convert(spec.color).resize((spec.width, spec.height), Image.Resampling.BOX)
-    pixels = np.asarray(gray, dtype=np.float32) / 255.0
+    pixels = np.asarray(gray, dtype=np.float32)
     if spec.invert:
-        pixels = 1.0 - pixels
+        pixels = 255.0 - pixels
     return (pixels * spec.scale)[None, None].astype(np.float32)
 
 
@@ -62,7 +62,7 @@ def test_repository_files_exist(model_dir: Path, relative: str) -> None:
 def test_sample_pngs_exist(model_dir: Path, manifest: ModelManifest) -> None:
     """Every listed sample is shipped, and nothing unlisted."""
     listed = {sample.file for sample in manifest.samples}
-    assert len(listed) == digits.SAMPLE_COUNT
+    assert len(listed) == 20  # samples: 20 in configs/digits.yaml
     shipped = {f"samples/{p.name}" for p in (model_dir / "samples").glob("*.png")}
     assert shipped == listed
 
@@ -107,7 +107,7 @@ def test_manifest_interface(manifest: ModelManifest) -> None:
         ("logits", "FP32", [-1, 10])
     ]
     assert manifest.preprocessing == ImagePreprocessing(
-        color="L", height=8, width=8, resize="stretch", invert=True, scale=16.0
+        color="L", height=8, width=8, resize="stretch", invert=True, scale=0.0627450980392157
     )
     assert manifest.postprocessing == SoftmaxPostprocessing(labels=[str(d) for d in range(10)])
     assert {sample.label for sample in manifest.samples} <= set(manifest.postprocessing.labels)
@@ -122,7 +122,8 @@ def test_manifest_build_info(manifest: ModelManifest) -> None:
         "calibration": digits.CALIBRATION_SIZE,
         "test": digits.TEST_SIZE,
     }
-    assert {"onnxruntime", "onnx", "machine", "latency", "seconds"} <= set(build)
+    assert {"onnxruntime", "onnx", "machine", "latency", "seconds", "inputs_sha256"} <= set(build)
+    assert [c["name"] for c in build["candidates"]] == ["u8s8-per-channel"]
 
 
 def test_default_variant_passes(manifest: ModelManifest) -> None:
@@ -136,7 +137,10 @@ def test_recipes_recorded(manifest: ModelManifest) -> None:
     assert manifest.variants["fp32"].quantization is None
     recipe = manifest.variants["int8"].quantization
     assert recipe is not None
-    assert recipe == {**digits.DigitsSource.recipes["int8"].describe(), "nodes_excluded": []}
+    assert recipe["name"] == "u8s8-per-channel" and recipe["method"] == "static"
+    assert (recipe["activation_type"], recipe["weight_type"]) == ("QUInt8", "QInt8")
+    assert recipe["per_channel"] is True and recipe["calibrate_method"] == "MinMax"
+    assert recipe["nodes_excluded"] == []
 
 
 def test_int8_gate_passed_and_top1_close_to_fp32(manifest: ModelManifest) -> None:
@@ -144,7 +148,7 @@ def test_int8_gate_passed_and_top1_close_to_fp32(manifest: ModelManifest) -> Non
     fp32, int8 = manifest.variants["fp32"], manifest.variants["int8"]
     assert fp32.gate == []
     assert int8.gate and all(check.passed for check in int8.gate)
-    assert {check.metric for check in int8.gate} == {b.metric for b in digits.DigitsSource.budgets}
+    assert [check.metric for check in int8.gate] == ["top1"]  # configs/digits.yaml
     assert abs(int8.accuracy["top1"] - fp32.accuracy["top1"]) <= 0.5
     assert fp32.accuracy["top1_agreement"] == 100.0
 
@@ -218,10 +222,8 @@ def test_cli_rejects_unknown_models_before_building(
 ) -> None:
     """A typo is a usage error (exit 2), caught before any slow build starts."""
     monkeypatch.setattr(cli, "build_model", _no_build)
-    with pytest.raises(SystemExit) as exit_info:
-        cli.main(["--out", str(tmp_path / "out"), "--models", models])
-    assert exit_info.value.code == 2
-    assert "nope" in capsys.readouterr().err
+    assert cli.main(["--out", str(tmp_path / "out"), "--models", models]) == 2
+    assert "unknown built-in model(s) nope" in capsys.readouterr().err
 
 
 def test_cli_gate_failure_exits_1_without_writing_model_json(
@@ -245,7 +247,7 @@ def test_cli_gate_failure_exits_1_without_writing_model_json(
     assert cli.main(["--out", str(out), "--models", "digits"]) == 1
 
     err = capsys.readouterr().err
-    assert "accuracy gate FAILED" in err
+    assert "build FAILED" in err
     for part in ("digits/int8", "top1", "97.5", "99.44", "101"):
         assert part in err
     assert not (out / "digits" / MANIFEST_FILE).exists()
