@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import json
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -131,13 +132,16 @@ def test_memory_build_info_and_process_metrics(before: Samples) -> None:
     assert set(build) == {"version", "onnxruntime", "python", "machine", "cpu_features"}
 
 
-def test_traffic_moves_counts_and_sums_per_variant(client: TestClient, before: Samples) -> None:
+def test_traffic_moves_counts_and_sums_per_variant(
+    client: TestClient, before: Samples, model_repository: Path
+) -> None:
     sent = {"fp32": 5, "int8": 3}
     for version, count in sent.items():
         for _ in range(count):
             url = f"/v2/models/digits/versions/{version}/infer"
             assert client.post(url, json=digits_request()).status_code == 200
-    # The default version (int8), a batch of 4, and the classify task on fp32.
+    # The default version (model.json's, picked by the build), a batch of 4, and the
+    # classify task on fp32.
     assert client.post("/v2/models/digits/infer", json=digits_request(4)).status_code == 200
     response = client.post(
         "/tasks/digits/classify",
@@ -145,7 +149,10 @@ def test_traffic_moves_counts_and_sums_per_variant(client: TestClient, before: S
         files={"image": ("d.png", png(), "image/png")},
     )
     assert response.status_code == 200
-    expected = {"fp32": (6, 6), "int8": (4, 7)}  # (requests, rows)
+    default = json.loads((model_repository / "digits" / "model.json").read_text())
+    expected = {"fp32": [6, 6], "int8": [3, 3]}  # [requests, rows]
+    expected[default["default_variant"]][0] += 1
+    expected[default["default_variant"]][1] += 4
     after = scrape(client)
     for version, (requests, rows) in expected.items():
         labels = {"model": "digits", "version": version}

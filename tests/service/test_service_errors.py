@@ -314,7 +314,6 @@ def broken_server(
     [
         ("GET", "/v2/health/ready", {}),
         ("GET", "/v2/models/digits/versions/int8/ready", {}),
-        ("GET", "/v2/models/digits/ready", {}),  # int8 is the default version
         ("POST", "/v2/models/digits/versions/int8/infer", {"content": body(tensor())}),
         ("POST", "/v2/models/digits/compare", {"content": body(tensor())}),
         ("POST", "/tasks/digits/classify?precision=int8", {"files": {"image": png_bytes()}}),
@@ -326,6 +325,19 @@ def test_failed_variant_is_503(
     """Not ready is 503 with the reason, so an operator sees why from the response."""
     message = assert_error(broken_server.request(method, path, **kwargs), 503)
     assert "int8" in message
+
+
+def test_default_version_readiness_follows_model_json(
+    broken_server: httpx.Client, model_repository: Path
+) -> None:
+    """No version means model.json's default, which the build picks by timing: read it."""
+    manifest = json.loads((model_repository / "digits" / "model.json").read_text())
+    response = broken_server.get("/v2/models/digits/ready")
+    if manifest["default_variant"] == "int8":
+        assert "int8" in assert_error(response, 503)
+    else:
+        assert response.status_code == 200, response.text
+        assert response.json()["version"] == manifest["default_variant"]
 
 
 def test_failed_variant_reason_names_the_checksum(broken_server: httpx.Client) -> None:
