@@ -4,10 +4,18 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Discriminator,
+    Field,
+    Tag,
+    ValidationError,
+    model_validator,
+)
 
 from build_models.recipe import CalibrationMethod, QuantType
 from service.manifest import Task
@@ -34,6 +42,19 @@ class PluginSource(_Config):
 
     plugin: str = Field(description="name of a source plugin (build_models.plugins)")
     options: dict[str, Any] = Field(default_factory=dict)
+
+
+def _source_kind(value: Any) -> str:
+    """Which source a mapping describes: a plugin when it names one, else an ONNX file."""
+    if isinstance(value, dict):
+        return "PluginSource" if "plugin" in value else "OnnxSource"
+    return "PluginSource" if isinstance(value, PluginSource) else "OnnxSource"
+
+
+Source = Annotated[
+    Annotated[OnnxSource, Tag("OnnxSource")] | Annotated[PluginSource, Tag("PluginSource")],
+    Discriminator(_source_kind),
+]
 
 
 class VariantFile(_Config):
@@ -189,7 +210,7 @@ class ModelConfig(_Config):
     name: str = Field(pattern=r"^[a-z0-9][a-z0-9_.-]{0,62}$", description="the name in URLs")
     task: Task
     description: str = ""
-    source: OnnxSource | PluginSource
+    source: Source
     labels: list[str] | None = None
     labels_file: Path | None = Field(None, description="one label per line")
     labels_from_metadata: str | None = Field(None, description="ONNX metadata key, one per line")
@@ -272,15 +293,30 @@ def referenced_files(config: ModelConfig) -> list[Path]:
     return [p for p in paths if p is not None]
 
 
+_WRONG_BRANCH = {"list_type", "dict_type", "model_type", "model_attributes_type"}
+"""Errors of a union's other shapes (a list where a mapping was given): noise beside the real one."""
+
+
 def _explain(exc: ValidationError) -> str:
     """One line per problem: the key path, what was expected, what was given."""
-    lines = []
+    found: dict[str, list[tuple[str, str]]] = {}
     for error in exc.errors():
-        where = ".".join(str(p) for p in error["loc"]) or "(top level)"
+        # Union members show up in the path as tags like "OnnxSource" or "list[...]": drop them.
+        parts = [str(p) for p in error["loc"] if not _is_union_tag(p)]
+        where = ".".join(parts) or "(top level)"
         given = error.get("input")
-        shown = "" if isinstance(given, dict) else f" (got {given!r})"
-        lines.append(f"  {where}: {error['msg']}{shown}")
+        shown = "" if isinstance(given, dict | list) else f" (got {given!r})"
+        found.setdefault(where, []).append((error["type"], f"  {where}: {error['msg']}{shown}"))
+    lines: list[str] = []
+    for errors in found.values():
+        real = [line for kind, line in errors if kind not in _WRONG_BRANCH] or [errors[0][1]]
+        lines.extend(dict.fromkeys(real))
     return "\n".join(lines)
+
+
+def _is_union_tag(part: object) -> bool:
+    text = str(part)
+    return isinstance(part, str) and ("[" in text or text[:1].isupper())
 
 
 def json_schema() -> dict[str, Any]:

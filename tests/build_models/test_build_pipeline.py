@@ -1,152 +1,148 @@
-"""build_model and the CLI on a tiny fake source: the real gate path in about a second."""
+"""The build through its CLI on models a user brings: tensor tasks, fallback, speed rule, atomicity."""
 
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
-import onnx
 import pytest
 
 import build_models.__main__ as cli
-from build_models.calibration import Feed
-from build_models.evaluate import top1_agreement
-from build_models.pipeline import BuildResult, build_model
-from build_models.recipe import Budget, StaticRecipe
-from build_models.sources import SOURCES
-from build_models.sources.base import Interface, ModelSource
-from service.manifest import (
-    MANIFEST_FILE,
-    ImagePreprocessing,
-    ModelManifest,
-    Sample,
-    SoftmaxPostprocessing,
-    TensorSpec,
-)
+from build_models.search import default_variant
+from service.manifest import MANIFEST_FILE, ModelManifest, file_sha256
+from service.sessions import open_session
+from tests.build_models.rigs import tensor_project
 
-FeedMaker = Callable[..., list[Feed]]
+FALLBACK = {
+    "budget": {"metric": "top1_agreement", "min_value": 97},
+    "quantization": {
+        "fallback": {"step": 1},
+        "candidates": [{"name": "u8s8-per-tensor", "per_channel": False}],
+    },
+}
 
 
-@pytest.fixture
-def tiny_source(
-    make_tiny_model: Callable[[], onnx.ModelProto], make_feeds: FeedMaker
-) -> type[ModelSource]:
-    """A ModelSource around the tiny MLP whose only budget no variant can meet."""
-
-    class TinySource(ModelSource):
-        name = "tiny"
-        task = "image-classification"
-        description = "tiny MLP for pipeline tests"
-        recipes = {"int8": StaticRecipe(calibration_batch_size=16)}
-        budgets = (Budget("top1", min_value=101),)
-
-        def export_fp32(self, path: Path) -> None:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            onnx.save(make_tiny_model(), str(path))
-
-        def calibration_feeds(self, recipe: StaticRecipe) -> list[Feed]:
-            return make_feeds(count=4, batch=recipe.calibration_batch_size, seed=1)
-
-        def evaluation_feeds(self) -> list[Feed]:
-            return [{"x": f["x"] * np.float32(0.5)} for f in make_feeds(count=2, seed=2)]
-
-        def score(self, outputs: np.ndarray, fp32_outputs: np.ndarray) -> dict[str, float]:
-            return {"top1": top1_agreement(outputs, fp32_outputs)}
-
-        def latency_feed(self, batch_size: int) -> Feed:
-            return make_feeds(count=1, batch=batch_size, seed=3)[0]
-
-        def interface(self) -> Interface:
-            return Interface(
-                inputs=[TensorSpec(name="x", datatype="FP32", shape=[-1, 4])],
-                outputs=[TensorSpec(name="y", datatype="FP32", shape=[-1, 3])],
-                preprocessing=ImagePreprocessing(color="L", height=2, width=2, resize="stretch"),
-                postprocessing=SoftmaxPostprocessing(labels=["a", "b", "c"]),
-            )
-
-        def write_assets(self, model_dir: Path) -> list[Sample]:
-            return []
-
-    return TinySource
+@pytest.fixture(scope="module")
+def fallback_build(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """The dead-unit MLP built once: its first recipe misses the budget."""
+    root = tmp_path_factory.mktemp("fallback")
+    config = tensor_project(root / "project", **FALLBACK)
+    out = root / "repo"
+    assert cli.main(["--config", str(config), "--out", str(out)]) == 0
+    return config, out
 
 
-@pytest.fixture
-def tiny_build(tiny_source: type[ModelSource], tmp_path: Path) -> tuple[BuildResult, Path]:
+def test_tensor_model_with_int32_input_from_npz(tmp_path: Path) -> None:
+    """INT32 input, tensors from .npz, served as a v2-only model with .npz samples."""
+    config = tensor_project(tmp_path / "counts", model="int32_counts")
     out = tmp_path / "repo"
-    return build_model(tiny_source(), out, lambda message: None), out
-
-
-def test_failed_gate_is_reported_with_model_metric_and_numbers(
-    tiny_build: tuple[BuildResult, Path],
-) -> None:
-    """The failure line names model/variant, metric, value, FP32 value, rule and bound."""
-    result, _ = tiny_build
-    assert result.failures == ["tiny/int8: top1 = 100 (fp32 100), needs top1 >= 101 = 101"]
-
-
-def test_failed_variant_is_not_the_default(tiny_build: tuple[BuildResult, Path]) -> None:
-    """Only passing variants may be the default; FP32 always passes."""
-    manifest = tiny_build[0].manifest
-    assert not manifest.variants["int8"].passed
-    assert manifest.default_variant == "fp32"
-
-
-def test_build_model_writes_files_but_not_the_manifest(
-    tiny_build: tuple[BuildResult, Path],
-) -> None:
-    """build_model leaves writing model.json to the caller, after the gate."""
-    result, out = tiny_build
-    model_dir = out / "tiny"
-    assert sorted(p.relative_to(model_dir).as_posix() for p in model_dir.rglob("*.onnx")) == [
-        "fp32/model.onnx",
-        "int8/model.onnx",
+    assert cli.main(["--config", str(config), "--out", str(out)]) == 0
+    manifest = ModelManifest.read(out / "int32-counts")
+    assert manifest.task == "tensor"
+    assert manifest.preprocessing is None and manifest.postprocessing is None
+    assert [(s.name, s.datatype, s.shape) for s in manifest.inputs] == [
+        ("counts", "INT32", [-1, 6])
     ]
-    assert not (model_dir / MANIFEST_FILE).exists()
-    assert json.loads(result.manifest.model_dump_json())["name"] == "tiny"
+    assert set(manifest.variants) == {"fp32", "int8"}
+    # No labels: the gate compares with FP32 (2-D scores -> top-1 agreement).
+    assert [c.metric for c in manifest.variants["int8"].gate] == ["top1_agreement"]
+    assert manifest.variants["int8"].op_counts["QuantizeLinear"] > 0
+    sample = manifest.samples[0]
+    assert sample.tensors is not None
+    with np.load(out / "int32-counts" / sample.tensors) as arrays:
+        feed = {"counts": arrays["counts"]}
+    assert feed["counts"].dtype == np.int32 and feed["counts"].shape == (1, 6)
+    for variant in manifest.variants.values():
+        (scores,) = open_session(out / "int32-counts" / variant.file).run(None, feed)
+        assert scores.shape == (1, 3)
 
 
-def test_build_model_replaces_a_stale_model_folder(
-    tiny_source: type[ModelSource], tmp_path: Path
+def test_fallback_moves_the_worst_node_to_fp32(fallback_build: tuple[Path, Path]) -> None:
+    """The first recipe misses; qdq_loss_debug's ranking puts fc1 back in FP32; then it passes."""
+    _, out = fallback_build
+    manifest = ModelManifest.read(out / "dead-unit")
+    candidates = manifest.build["candidates"]
+    assert [c["gate"] for c in candidates] == ["failed", "pass"]
+    assert (
+        candidates[0]["accuracy"]["top1_agreement"]
+        < 97
+        <= candidates[1]["accuracy"]["top1_agreement"]
+    )
+    assert candidates[1]["chosen"] and candidates[1]["note"] == "fallback: 1 node(s) FP32"
+    int8 = manifest.variants["int8"]
+    assert int8.passed and int8.quantization is not None
+    assert int8.quantization["nodes_excluded"] == ["fc1"]
+    assert int8.op_counts["QuantizeLinear"] > 0  # fc0 and fc2 are still INT8
+    report = (out / "report.md").read_text()
+    assert "## dead-unit: candidates tried" in report
+    assert "fallback: 1 node(s) FP32" in report
+
+
+def test_default_reason_is_recorded(fallback_build: tuple[Path, Path]) -> None:
+    """model.json and the report say in one sentence why the default won, with the numbers."""
+    _, out = fallback_build
+    manifest = ModelManifest.read(out / "dead-unit")
+    assert manifest.default_reason.startswith(f"{manifest.default_variant} is the default")
+    assert " ms" in manifest.default_reason
+    report = json.loads((out / "report.json").read_text())
+    assert report["ok"] is True and report["defaults"]["dead-unit"] == manifest.default_reason
+
+
+@pytest.mark.parametrize(
+    ("latency", "passing", "default", "words"),
+    [
+        ({"fp32": 1.0, "int8": 1.2}, ["fp32", "int8"], "fp32", "no INT8 variant"),
+        ({"fp32": 1.0, "int8": 0.97}, ["fp32", "int8"], "fp32", "over 5% faster"),
+        ({"fp32": 1.0, "int8": 0.5}, ["fp32", "int8"], "int8", "2.00x faster"),
+        ({"fp32": 1.0, "int8": 0.5}, ["fp32"], "fp32", "no INT8 variant"),
+        ({"fp32": 1.0, "int8": 0.6, "int8-dynamic": 0.4}, ["fp32", "int8", "int8-dynamic"],
+         "int8-dynamic", "int8-dynamic is the default"),
+    ],
+)  # fmt: skip
+def test_speed_rule(
+    latency: dict[str, float], passing: list[str], default: str, words: str
 ) -> None:
-    """A rebuild starts clean: an old model.json must not survive a failing build."""
-    stale = tmp_path / "tiny"
-    stale.mkdir()
-    (stale / MANIFEST_FILE).write_text("{}")
-    build_model(tiny_source(), tmp_path, lambda message: None)
-    assert not (stale / MANIFEST_FILE).exists()
+    """The fastest passing variant wins; INT8 slower than (or tied with) FP32 leaves FP32."""
+    chosen, reason = default_variant(latency, passing)
+    assert chosen == default
+    assert words in reason
 
 
-def test_cli_failed_gate_exit_code_stderr_and_report(
-    tiny_source: type[ModelSource],
-    tmp_path: Path,
-    monkeypatch: pytest.MonkeyPatch,
-    capsys: pytest.CaptureFixture[str],
+def test_unchanged_model_is_not_rebuilt(
+    fallback_build: tuple[Path, Path], capsys: pytest.CaptureFixture[str]
 ) -> None:
-    """Through the real CLI: exit 1, reason on stderr, no model.json, report marks the failure."""
-    monkeypatch.setitem(SOURCES, "tiny", tiny_source)
+    """Same config, files and code: the build says so and leaves the folder alone."""
+    config, out = fallback_build
+    before = file_sha256(out / "dead-unit" / MANIFEST_FILE)
+    capsys.readouterr()
+    assert cli.main(["--config", str(config), "--out", str(out)]) == 0
+    assert "[dead-unit] unchanged" in capsys.readouterr().out
+    assert file_sha256(out / "dead-unit" / MANIFEST_FILE) == before
+
+
+def test_failed_gate_keeps_the_previous_model(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A rebuild whose gate fails exits 1, leaves the old model in place, and the report says so."""
+    config = tensor_project(tmp_path / "project", model="int32_counts")
     out = tmp_path / "repo"
-    assert cli.main(["--out", str(out), "--models", "tiny"]) == 1
+    assert cli.main(["--config", str(config), "--out", str(out)]) == 0
+    model_dir = out / "int32-counts"
+    files = {p.relative_to(model_dir): file_sha256(p) for p in model_dir.rglob("*") if p.is_file()}
+
+    tensor_project(
+        tmp_path / "project",
+        model="int32_counts",
+        budget={"metric": "top1_agreement", "min_value": 101},
+        quantization={"fallback": {"enabled": False}},
+    )
+    assert cli.main(["--config", str(config), "--out", str(out)]) == 1
     err = capsys.readouterr().err
-    assert "accuracy gate FAILED" in err
-    assert "tiny/int8: top1 = 100 (fp32 100), needs top1 >= 101 = 101" in err
-    assert not (out / "tiny" / MANIFEST_FILE).exists()
-    table = json.loads((out / "report.json").read_text())["models"]
-    assert [(r["variant"], r["gate"]) for r in table] == [("fp32", "pass"), ("int8", "failed")]
-    assert "| tiny | int8 |" in (out / "report.md").read_text()
-
-
-def test_cli_passing_build_writes_a_readable_manifest(
-    tiny_source: type[ModelSource],
-    tmp_path: Path,
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    """With a budget the tiny model meets, the CLI writes model.json and exits 0."""
-    monkeypatch.setattr(tiny_source, "budgets", (Budget("top1", max_drop=100),))
-    monkeypatch.setitem(SOURCES, "tiny", tiny_source)
-    out = tmp_path / "repo"
-    assert cli.main(["--out", str(out), "--models", "tiny"]) == 0
-    manifest = ModelManifest.read(out / "tiny")
-    assert manifest.variants["int8"].passed
-    assert manifest.variants["int8"].gate[0].rule == "top1 >= fp32 - 100"
+    assert "int32-counts/int8: top1_agreement" in err and "needs top1_agreement >= 101" in err
+    after = {p.relative_to(model_dir): file_sha256(p) for p in model_dir.rglob("*") if p.is_file()}
+    assert after == files
+    assert not list(out.glob(".staging-*")) and not list(out.glob(".old-*"))
+    report = json.loads((out / "report.json").read_text())
+    assert report["ok"] is False and report["failed"]
+    assert "**Build failed**" in (out / "report.md").read_text()

@@ -1,0 +1,94 @@
+"""Small ONNX models and data folders made here, written as a user would bring them."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+import yaml
+from onnx import TensorProto, helper, numpy_helper
+
+
+def _save(
+    nodes: list[Any], inputs: list[Any], outputs: list[Any], weights: list[Any], path: Path
+) -> None:
+    graph = helper.make_graph(nodes, path.stem, inputs, outputs, weights)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=9)
+    onnx.checker.check_model(model)
+    onnx.save(model, str(path))
+
+
+def dead_unit_mlp(path: Path) -> None:
+    """fc0 -> relu -> fc1 -> relu -> fc2, where fc1 has one huge weight on a unit that is always 0.
+
+    FP32 ignores that weight; per-tensor INT8 weights quantize every other fc1 weight to ~0,
+    so the first recipe misses its budget and only fc1 needs to go back to FP32.
+    """
+    rng = np.random.default_rng(0)
+    w0 = rng.standard_normal((8, 16)).astype(np.float32)
+    w0[:, 0] = 0  # unit 0 is dead after the Relu
+    w1 = rng.standard_normal((16, 16)).astype(np.float32)
+    w1[0, 0] = 5000
+    w2 = rng.standard_normal((16, 4)).astype(np.float32)
+    nodes = [
+        helper.make_node("MatMul", ["x", "w0"], ["h0"], name="fc0"),
+        helper.make_node("Relu", ["h0"], ["r0"], name="relu0"),
+        helper.make_node("MatMul", ["r0", "w1"], ["h1"], name="fc1"),
+        helper.make_node("Relu", ["h1"], ["r1"], name="relu1"),
+        helper.make_node("MatMul", ["r1", "w2"], ["y"], name="fc2"),
+    ]
+    _save(
+        nodes,
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 8])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 4])],
+        [numpy_helper.from_array(w, n) for w, n in ((w0, "w0"), (w1, "w1"), (w2, "w2"))],
+        path,
+    )
+
+
+def int32_counts_model(path: Path) -> None:
+    """counts INT32 [N, 6] -> Cast -> MatMul -> Relu -> MatMul -> scores [N, 3]."""
+    rng = np.random.default_rng(1)
+    w0 = rng.standard_normal((6, 32)).astype(np.float32) / 4
+    w1 = rng.standard_normal((32, 3)).astype(np.float32)
+    nodes = [
+        helper.make_node("Cast", ["counts"], ["f"], name="cast", to=TensorProto.FLOAT),
+        helper.make_node("MatMul", ["f", "w0"], ["h"], name="fc0"),
+        helper.make_node("Relu", ["h"], ["r"], name="relu"),
+        helper.make_node("MatMul", ["r", "w1"], ["scores"], name="fc1"),
+    ]
+    _save(
+        nodes,
+        [helper.make_tensor_value_info("counts", TensorProto.INT32, ["N", 6])],
+        [helper.make_tensor_value_info("scores", TensorProto.FLOAT, ["N", 3])],
+        [numpy_helper.from_array(w0, "w0"), numpy_helper.from_array(w1, "w1")],
+        path,
+    )
+
+
+def tensor_project(folder: Path, model: str = "dead_unit", **overrides: Any) -> Path:
+    """A user's folder: model.onnx, calib.npz, eval.npz and model.yaml; returns the YAML path."""
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(2)
+    if model == "dead_unit":
+        dead_unit_mlp(folder / "model.onnx")
+        make = lambda n: {"x": rng.standard_normal((n, 8)).astype(np.float32)}  # noqa: E731
+    else:
+        int32_counts_model(folder / "model.onnx")
+        make = lambda n: {"counts": rng.integers(0, 20, (n, 6)).astype(np.int32)}  # noqa: E731
+    np.savez(folder / "calib.npz", **make(64))
+    np.savez(folder / "eval.npz", **make(128))
+    config: dict[str, Any] = {
+        "name": model.replace("_", "-"),
+        "task": "tensor",
+        "source": {"onnx": "model.onnx"},
+        "calibration": {"tensors": "calib.npz"},
+        "evaluation": {"tensors": "eval.npz"},
+        "samples": 4,
+        **overrides,
+    }
+    path = folder / "model.yaml"
+    path.write_text(yaml.safe_dump(config, sort_keys=False))
+    return path
