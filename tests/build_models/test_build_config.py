@@ -35,11 +35,14 @@ def test_builtin_configs_are_valid(name: str) -> None:
     ("change", "words"),
     [
         ({"task": "detection"}, "task: Input should be 'image-classification', "),
-        ({"calibration": {"tensors": "calib.npz", "count": 0}}, "calibration.count: Input should be greater than or equal to 1"),
-        ({"calibration": {"tensors": "calib.npz", "text": "x.txt"}}, "calibration: Value error, give exactly one of images, tensors, text, plugin"),
+        ({"calibration": {"tensors": "calib.npz", "count": 0}},
+         "calibration.count: Input should be greater than or equal to 1"),
+        ({"calibration": {"tensors": "calib.npz", "text": "x.txt"}},
+         "calibration: Value error, give exactly one of images, tensors, text, plugin"),
         ({"budget": {"metric": "top1"}}, "budget: Value error, give max_drop or min_value"),
         ({"name": "Bad Name"}, "name: String should match pattern"),
-        ({"quantization": {"candidates": [{"name": "a", "activation_type": "QInt4"}]}}, "quantization.candidates.0.activation_type"),
+        ({"quantization": {"candidates": [{"name": "a", "activation_type": "QInt4"}]}},
+         "quantization.candidates.0.activation_type"),
         ({"preprocessing": {"size": [8, 8]}}, "a tensor model has no pre/post-processing"),
         ({"surprise": 1}, "surprise: Extra inputs are not permitted"),
     ],
@@ -82,10 +85,8 @@ def test_cli_checks_every_config_and_plugin_before_building(
     out = tmp_path / "out"
     assert cli.main(["--config", str(good), "--config", str(bad), "--out", str(out)]) == 2
     err = capsys.readouterr().err
-    assert (
-        "source.plugin: no source plugin named 'no-such-plugin' (known: digits, minilm, pp-ocrv4-rec)"
-        in err
-    )
+    known = "(known: digits, minilm, pp-ocrv4-rec)"
+    assert f"source.plugin: no source plugin named 'no-such-plugin' {known}" in err
     assert not out.exists()
 
 

@@ -11,15 +11,16 @@ import onnx
 import pytest
 
 from build_models.calibration import Feed
+from build_models.config import BudgetConfig
 from build_models.evaluate import (
     COUNTED_OPS,
     first_output,
     interleaved_latency_ms,
     op_counts,
-    top1_agreement,
 )
-from build_models.pipeline import gate
+from build_models.metrics import top1_agreement
 from build_models.recipe import Budget
+from build_models.search import gate
 from service.manifest import GateCheck
 from service.sessions import open_session
 
@@ -55,8 +56,8 @@ def test_budget_rule(budget: Budget, rule: str) -> None:
     assert budget.rule() == rule
 
 
-def _accuracy(fp32: float, int8: float) -> dict[str, dict[str, float]]:
-    return {"fp32": {"top1": fp32}, "int8": {"top1": int8}}
+def _budget(metric: str, **bounds: float) -> BudgetConfig:
+    return BudgetConfig(metric=metric, **bounds)
 
 
 @pytest.mark.parametrize(
@@ -65,7 +66,7 @@ def _accuracy(fp32: float, int8: float) -> dict[str, dict[str, float]]:
 )
 def test_gate_max_drop(int8: float, passed: bool) -> None:
     """A variant passes at exactly FP32 - max_drop and fails just below it."""
-    (check,) = gate("int8", (Budget("top1", max_drop=0.5),), _accuracy(99.0, int8))
+    (check,) = gate({"top1": int8}, {"top1": 99.0}, [_budget("top1", max_drop=0.5)])
     assert check == GateCheck(
         metric="top1",
         value=int8,
@@ -78,12 +79,8 @@ def test_gate_max_drop(int8: float, passed: bool) -> None:
 
 def test_gate_checks_every_budget_in_order() -> None:
     """One check per budget, each judged on its own metric."""
-    accuracy = {
-        "fp32": {"top1": 99.0, "agreement": 100.0},
-        "int8": {"top1": 98.0, "agreement": 99.5},
-    }
-    budgets = (Budget("top1", max_drop=0.5), Budget("agreement", min_value=99.0))
-    checks = gate("int8", budgets, accuracy)
+    budgets = [_budget("top1", max_drop=0.5), _budget("agreement", min_value=99.0)]
+    checks = gate({"top1": 98.0, "agreement": 99.5}, {"top1": 99.0, "agreement": 100.0}, budgets)
     assert [(c.metric, c.value, c.reference, c.bound, c.passed) for c in checks] == [
         ("top1", 98.0, 99.0, 98.5, False),
         ("agreement", 99.5, 100.0, 99.0, True),
@@ -92,15 +89,14 @@ def test_gate_checks_every_budget_in_order() -> None:
 
 def test_gate_impossible_floor_fails_even_when_equal_to_fp32() -> None:
     """A floor above what FP32 reaches fails every variant: the budget is absolute."""
-    (check,) = gate("int8", (Budget("top1", min_value=101),), _accuracy(100.0, 100.0))
+    (check,) = gate({"top1": 100.0}, {"top1": 100.0}, [_budget("top1", min_value=101)])
     assert not check.passed
     assert (check.value, check.reference, check.bound) == (100.0, 100.0, 101.0)
 
 
 def test_gate_without_fp32_metric_uses_floor_only() -> None:
     """A metric only the variant reports has no reference; the floor still applies."""
-    accuracy = {"fp32": {}, "int8": {"latency_ok": 1.0}}
-    (check,) = gate("int8", (Budget("latency_ok", min_value=1.0),), accuracy)
+    (check,) = gate({"latency_ok": 1.0}, {}, [_budget("latency_ok", min_value=1.0)])
     assert check.reference is None
     assert check.passed
 

@@ -10,17 +10,11 @@ import onnxruntime as ort
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from build_models.quantize import float_bypass
-from build_models.recipe import DynamicRecipe, StaticRecipe
-from build_models.sources.minilm import (
-    DIMENSION,
-    QUANTIZED_OPS,
-    MiniLMSource,
-    _ranking,
-    keep_residual_path_fp32,
-)
-from build_models.sources.ocr import OcrSource
-from build_models.sources.sentences import (
+import build_models.__main__ as cli
+from build_models.config import load_config
+from build_models.metrics import cosine_rows, ranking
+from build_models.plugins.minilm import QUANTIZED_OPS, keep_residual_path_fp32
+from build_models.plugins.sentences import (
     MAX_WORDS,
     MIN_WORDS,
     N_CALIB_POOL,
@@ -29,8 +23,12 @@ from build_models.sources.sentences import (
     RANKING_SENTENCES,
     load_sentences,
 )
+from build_models.quantize import float_bypass
+from build_models.recipe import DynamicRecipe, StaticRecipe
+from build_models.search import static_recipe
 
 TOPICS, PER_TOPIC = 10, 5
+DIMENSION = 384
 
 
 @pytest.fixture(scope="module")
@@ -52,7 +50,9 @@ def test_calibration_and_held_out_are_disjoint_and_sized(
     assert len(calibration) == len(set(calibration)) == N_CALIB_POOL
     assert len(held_out) == len(set(held_out)) == N_HELD_OUT
     assert not set(calibration) & set(held_out)
-    assert MiniLMSource.recipes["int8"].calibration_samples <= N_CALIB_POOL
+    config, _ = load_config(cli.BUILTIN_CONFIGS / "minilm.yaml")
+    assert config.calibration is not None and config.calibration.count is not None
+    assert config.calibration.count <= N_CALIB_POOL
 
 
 def test_sentences_are_prose(sentences: tuple[list[str], list[str]]) -> None:
@@ -225,13 +225,11 @@ def _rotation(rng: np.random.Generator) -> np.ndarray:
 
 
 def test_ranking_of_identical_embeddings_is_perfect() -> None:
-    """Same vectors: every neighbour kept, Spearman 1, and topics recovered on the topical set."""
+    """Same vectors: every neighbour kept and Spearman 1."""
     reference = _topical(np.random.default_rng(0), len(RANKING_GROUPS))
-    result = _ranking(reference.copy(), reference)
-    assert result["kept"] == 1.0
-    assert result["spearman"] == pytest.approx(1.0)
-    assert result["topic"] == 1.0
-    assert _ranking(reference[:20], reference[:20])["topic"] == 0.0  # not the ranking set
+    result = ranking(reference.copy(), reference)
+    assert result["ranking_neighbour_kept"] == 1.0
+    assert result["ranking_spearman"] == pytest.approx(1.0)
 
 
 def test_ranking_drops_with_noise() -> None:
@@ -239,83 +237,55 @@ def test_ranking_drops_with_noise() -> None:
     rng = np.random.default_rng(1)
     reference = _topical(rng, len(RANKING_GROUPS))
     noisy = reference + 0.2 * rng.standard_normal(reference.shape).astype(np.float32)
-    result = _ranking(noisy, reference)
-    assert result["spearman"] < 0.99
-    assert result["kept"] < 1.0
+    result = ranking(noisy, reference)
+    assert result["ranking_spearman"] < 0.99
+    assert result["ranking_neighbour_kept"] < 1.0
 
 
-@pytest.fixture(scope="module")
-def source() -> MiniLMSource:
-    """The real source (sentences and tokenizer; the torch export is not run)."""
-    return MiniLMSource()
-
-
-def _outputs(source: MiniLMSource, seed: int) -> np.ndarray:
-    """Synthetic embeddings for held-out + ranking sentences, as evaluation_feeds orders them."""
-    rng = np.random.default_rng(seed)
-    held = _topical(rng, len(source.held_out), spread=1.0)
-    return np.concatenate([held, _topical(rng, len(source.ranking))])
-
-
-def test_score_of_identical_embeddings(source: MiniLMSource) -> None:
-    """FP32 against itself: cosine 1, every neighbour kept, Spearman 1, topics right."""
-    reference = _outputs(source, 2)
-    scores = source.score(reference.copy(), reference)
-    assert scores["cosine_mean"] == pytest.approx(1.0, abs=1e-6)
-    assert scores["cosine_min"] == pytest.approx(1.0, abs=1e-6)
-    assert scores["neighbour_kept_held_out"] == 1.0
-    assert scores["ranking_neighbour_kept"] == 1.0
-    assert scores["ranking_spearman"] == pytest.approx(1.0)
-    assert scores["ranking_topic_accuracy"] == 1.0
-    assert {b.metric for b in source.budgets} <= set(scores)
-    json.dumps(scores)
-
-
-def test_score_separates_rotation_from_noise(source: MiniLMSource) -> None:
+def test_rotation_keeps_ranking_but_not_cosine() -> None:
     """A rotation keeps every similarity (ranking intact) but not the vectors (cosine drops);
     noise lowers both."""
     rng = np.random.default_rng(3)
-    reference = _outputs(source, 4)
-    rotated = source.score(reference @ _rotation(rng), reference)
-    assert rotated["cosine_mean"] < 0.5
-    assert rotated["ranking_neighbour_kept"] == 1.0
-    assert rotated["ranking_spearman"] == pytest.approx(1.0, abs=1e-6)
-
+    reference = _topical(rng, len(RANKING_GROUPS))
+    rotated = reference @ _rotation(rng)
+    assert cosine_rows(rotated, reference).mean() < 0.5
+    assert ranking(rotated, reference)["ranking_neighbour_kept"] == 1.0
+    assert ranking(rotated, reference)["ranking_spearman"] == pytest.approx(1.0, abs=1e-6)
     noisy = reference + 0.02 * rng.standard_normal(reference.shape).astype(np.float32)
-    scores = source.score(noisy, reference)
-    assert 0.5 < scores["cosine_mean"] < 0.99
-    assert scores["cosine_min"] <= scores["cosine_mean"]
-    assert scores["ranking_spearman"] < 0.99
-    assert scores["neighbour_kept_held_out"] < 1.0
+    cosine = cosine_rows(noisy, reference)
+    assert 0.5 < cosine.mean() < 0.99 and cosine.min() <= cosine.mean()
+    assert ranking(noisy, reference)["ranking_spearman"] < 0.99
 
 
 # --- recipes as recorded in model.json ----------------------------------------------------
 
 
+def _builtin_recipe(model: str) -> StaticRecipe:
+    config, _ = load_config(cli.BUILTIN_CONFIGS / f"{model}.yaml")
+    assert config.quantization.candidates
+    return static_recipe(config.quantization.candidates[0], batches=8)
+
+
 @pytest.mark.parametrize(
-    ("recipe", "field", "function"),
+    ("model", "field", "function"),
     [
-        (MiniLMSource.recipes["int8"], "post_quantize", "keep_residual_path_fp32"),
-        (OcrSource.recipes["int8"], "exclude_rule", "narrow_convs_and_attention"),
+        ("minilm", "post_quantize", "keep_residual_path_fp32"),
+        ("ocr", "exclude_rule", "narrow_convs_and_attention"),
     ],
-    ids=["minilm-int8", "ocr-int8"],
 )
-def test_static_recipe_describe_names_its_functions(
-    recipe: StaticRecipe, field: str, function: str
-) -> None:
-    """Rules and post-steps are recorded by name and docstring, and the whole is JSON."""
+def test_static_recipe_describe_names_its_functions(model: str, field: str, function: str) -> None:
+    """Plugins named in a config are recorded by function name and docstring; the whole is JSON."""
+    recipe = _builtin_recipe(model)
     described = json.loads(json.dumps(recipe.describe()))
-    assert isinstance(recipe, StaticRecipe)
     assert described["method"] == "static"
     assert described[field].startswith(f"{function}: ")
     assert described[field].split(": ", 1)[1]  # the docstring's first line
     assert described["op_types_to_quantize"] == list(recipe.op_types_to_quantize or [])
 
 
-def test_minilm_dynamic_recipe_describe_is_json() -> None:
+def test_dynamic_recipe_describe_is_json() -> None:
     """The dynamic recipe's extra options (an onnx enum value) serialise too."""
-    recipe = MiniLMSource.recipes["int8-dynamic"]
-    assert isinstance(recipe, DynamicRecipe)
+    recipe = DynamicRecipe(extra_options={"DefaultTensorType": TensorProto.FLOAT})
     described = json.loads(json.dumps(recipe.describe()))
     assert described["method"] == "dynamic"
     assert described["extra_options"] == {"DefaultTensorType": TensorProto.FLOAT}

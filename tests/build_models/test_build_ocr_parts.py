@@ -7,15 +7,15 @@ import onnx
 import pytest
 from onnx import version_converter
 
-from build_models.sources.ocr import (
+from build_models.metrics import edit_distance
+from build_models.plugins.ocr import (
     OPSET,
     PREPROCESSING,
-    edit_distance,
     narrow_convs_and_attention,
     shipped_model,
 )
-from build_models.sources.pplcnet_graph import simplify_pplcnet
-from build_models.sources.text_lines import render_samples
+from build_models.plugins.pplcnet_graph import simplify_pplcnet
+from build_models.plugins.text_lines import render_samples
 from service.processing import ctc_greedy, image_tensor
 from service.sessions import open_session
 

@@ -1,4 +1,4 @@
-"""The build through its CLI on models a user brings: tensor tasks, fallback, speed rule, atomicity."""
+"""The build CLI on models a user brings: tensor tasks, fallback, speed rule, atomicity."""
 
 from __future__ import annotations
 
