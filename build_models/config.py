@@ -294,7 +294,7 @@ def referenced_files(config: ModelConfig) -> list[Path]:
 
 
 _WRONG_BRANCH = {"list_type", "dict_type", "model_type", "model_attributes_type"}
-"""Errors of a union's other shapes (a list where a mapping was given): noise beside the real one."""
+"""Errors of a union's other shapes (a list where a mapping was given): noise beside real ones."""
 
 
 def _explain(exc: ValidationError) -> str:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +21,7 @@ SAMPLE_PIXELS = 64  # samples are shipped as 64x64 PNGs, dark ink on white, like
 OPSET = 17
 
 
-def _split(n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def split(n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Fixed train / calibration / test indices."""
     order = np.random.default_rng(SEED).permutation(n)
     test = order[:TEST_SIZE]
@@ -34,7 +35,7 @@ def digit_to_png(pixels: np.ndarray, size: int = SAMPLE_PIXELS) -> Image.Image:
     return Image.fromarray(gray, mode="L").resize((size, size), Image.Resampling.NEAREST)
 
 
-def _dataset() -> tuple[np.ndarray, np.ndarray]:
+def dataset() -> tuple[np.ndarray, np.ndarray]:
     """load_digits as (N, 1, 8, 8) float32 ink values 0..16 and int64 labels."""
     from sklearn.datasets import load_digits
 
@@ -42,13 +43,27 @@ def _dataset() -> tuple[np.ndarray, np.ndarray]:
     return digits.data.astype(np.float32).reshape(-1, 1, 8, 8), digits.target.astype(np.int64)
 
 
+@dataclass(frozen=True)
+class HeldOut:
+    """load_digits with the build's fixed split: `test` indexes the held-out set."""
+
+    images: np.ndarray
+    labels: np.ndarray
+    test: np.ndarray
+
+
+def held_out() -> HeldOut:
+    images, labels = dataset()
+    return HeldOut(images, labels, split(len(labels))[2])
+
+
 @plugins.source("digits")
 def train_digits(out: Path) -> SourceOutput:
     """Train the CNN in ~10 s with a fixed seed and split, so rebuilds give the same numbers."""
     import torch
 
-    images, labels = _dataset()
-    train, calibration, test = _split(len(labels))
+    images, labels = dataset()
+    train, calibration, test = split(len(labels))
     threads, deterministic = (
         torch.get_num_threads(),
         torch.are_deterministic_algorithms_enabled(),
@@ -84,8 +99,8 @@ def train_digits(out: Path) -> SourceOutput:
 @plugins.data("digits")
 def digit_images(split: str) -> Dataset:
     """The calibration or test split rendered as the PNG scans clients send (64x64, ink dark)."""
-    images, labels = _dataset()
-    splits = dict(zip(("train", "calibration", "evaluation"), _split(len(labels)), strict=True))
+    images, labels = dataset()
+    splits = dict(zip(("train", "calibration", "evaluation"), split(len(labels)), strict=True))
     if split not in splits:
         raise ValueError(f"digits data: split must be one of {sorted(splits)}, not {split!r}")
     chosen = splits[split]

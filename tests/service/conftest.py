@@ -11,7 +11,7 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 
-from build_models.sources.digits import DigitsSource
+from build_models.plugins.digits import HeldOut, held_out
 from service.sessions import open_session
 
 VARIANTS = ("fp32", "int8")
@@ -20,13 +20,13 @@ Reference = Callable[[str, np.ndarray], np.ndarray]
 
 
 @pytest.fixture(scope="session")
-def digits() -> DigitsSource:
+def digits() -> HeldOut:
     """load_digits with the build's fixed split; `digits.test` is the held-out set."""
-    return DigitsSource()
+    return held_out()
 
 
-@pytest.fixture(scope="session")
-def held_out(digits: DigitsSource) -> tuple[np.ndarray, np.ndarray]:
+@pytest.fixture(scope="session", name="held_out")
+def held_out_arrays(digits: HeldOut) -> tuple[np.ndarray, np.ndarray]:
     """Held-out images as the model takes them (N,1,8,8 FP32, ink 0..16) and their labels."""
     return digits.images[digits.test], digits.labels[digits.test]
 

@@ -33,7 +33,7 @@ VARIANTS = {"minilm": ("fp32", "int8", "int8-dynamic"), "ocr": ("fp32", "int8")}
 ASSETS = {"minilm": "assets/tokenizer.json", "ocr": "assets/charset.json"}
 STATIC = [(model, "int8") for model in MODELS]  # quantize_static in QDQ format
 DIMENSION = 384
-MINILM_INPUTS = ["input_ids", "attention_mask"]
+MINILM_INPUTS = {"input_ids": "ids", "attention_mask": "attention_mask"}
 # Paraphrase pairs and unrelated pairs from the hand-written ranking set (topics of five).
 PARAPHRASES = [(RANKING_SENTENCES[i], RANKING_SENTENCES[i + 1]) for i in (0, 5, 10, 15)]
 UNRELATED = [(RANKING_SENTENCES[i], RANKING_SENTENCES[(i + 25) % 50]) for i in (0, 5, 10, 15)]

@@ -12,7 +12,7 @@ import httpx
 import numpy as np
 import pytest
 
-from build_models.sources.digits import DigitsSource, digit_to_png
+from build_models.plugins.digits import HeldOut, digit_to_png
 
 VARIANTS = ("fp32", "int8")
 SAMPLE = 100
@@ -51,7 +51,7 @@ def classify(http: httpx.Client, image: bytes, **params: Any) -> dict[str, Any]:
 @pytest.mark.parametrize("name", RENDERINGS)
 @pytest.mark.parametrize("precision", VARIANTS)
 def test_held_out_digits_are_classified(
-    http: httpx.Client, digits: DigitsSource, precision: str, name: str
+    http: httpx.Client, digits: HeldOut, precision: str, name: str
 ) -> None:
     """Accuracy over HTTP on unseen images matches what the build measured (>= 95% top-1)."""
     indices = digits.test[:SAMPLE]
@@ -64,7 +64,7 @@ def test_held_out_digits_are_classified(
 
 
 @pytest.mark.parametrize(("top_k", "expected"), [(1, 1), (3, 3), (10, 10), (100, 10)])
-def test_top_k(http: httpx.Client, digits: DigitsSource, top_k: int, expected: int) -> None:
+def test_top_k(http: httpx.Client, digits: HeldOut, top_k: int, expected: int) -> None:
     """top_k labels come back, best first, as probabilities."""
     image = RENDERINGS["png-64"](digits.images[digits.test[0]])
     labels = classify(http, image, top_k=top_k)["labels"]
@@ -77,7 +77,7 @@ def test_top_k(http: httpx.Client, digits: DigitsSource, top_k: int, expected: i
         assert sum(scores) == pytest.approx(1.0, abs=1e-5)
 
 
-def test_default_precision_is_the_model_default(http: httpx.Client, digits: DigitsSource) -> None:
+def test_default_precision_is_the_model_default(http: httpx.Client, digits: HeldOut) -> None:
     """No precision parameter means the default version from the model metadata."""
     default = http.get("/v2/models/digits").json()["parameters"]["default_version"]
     image = RENDERINGS["png-64"](digits.images[digits.test[0]])
