@@ -21,7 +21,7 @@ SAMPLE_PIXELS = 64  # samples are shipped as 64x64 PNGs, dark ink on white, like
 OPSET = 17
 
 
-def split(n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def split_indices(n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Fixed train / calibration / test indices."""
     order = np.random.default_rng(SEED).permutation(n)
     test = order[:TEST_SIZE]
@@ -54,7 +54,7 @@ class HeldOut:
 
 def held_out() -> HeldOut:
     images, labels = dataset()
-    return HeldOut(images, labels, split(len(labels))[2])
+    return HeldOut(images, labels, split_indices(len(labels))[2])
 
 
 @plugins.source("digits")
@@ -63,7 +63,7 @@ def train_digits(out: Path) -> SourceOutput:
     import torch
 
     images, labels = dataset()
-    train, calibration, test = split(len(labels))
+    train, calibration, test = split_indices(len(labels))
     threads, deterministic = (
         torch.get_num_threads(),
         torch.are_deterministic_algorithms_enabled(),
@@ -100,7 +100,9 @@ def train_digits(out: Path) -> SourceOutput:
 def digit_images(split: str) -> Dataset:
     """The calibration or test split rendered as the PNG scans clients send (64x64, ink dark)."""
     images, labels = dataset()
-    splits = dict(zip(("train", "calibration", "evaluation"), split(len(labels)), strict=True))
+    splits = dict(
+        zip(("train", "calibration", "evaluation"), split_indices(len(labels)), strict=True)
+    )
     if split not in splits:
         raise ValueError(f"digits data: split must be one of {sorted(splits)}, not {split!r}")
     chosen = splits[split]

@@ -17,7 +17,7 @@ import tritonclient.http as httpclient
 from prometheus_client.parser import text_string_to_metric_families
 
 from service.errors import BadRequest
-from service.manifest import file_sha256
+from service.manifest import ModelManifest, file_sha256
 from service.runtime import ModelRuntime, State
 
 ONE_DIGIT = {
@@ -190,7 +190,8 @@ def test_healthy_server_reports_no_failures(live_server: Any) -> None:
 def runtime_for(root: Path, variant: str) -> ModelRuntime:
     spec = manifest(root)["variants"][variant]
     path = root / "digits" / spec["file"]
-    return ModelRuntime("digits", variant, path, file_sha256(path), 1, [], [])
+    model = ModelManifest.read(root / "digits")
+    return ModelRuntime("digits", variant, path, file_sha256(path), 1, model.inputs, model.outputs)
 
 
 def test_unparseable_file_reason_has_no_path_or_parser_text(
