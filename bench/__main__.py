@@ -1,6 +1,6 @@
 """`python -m bench` (`make bench`): write bench/results/<timestamp>.{json,md}.
 
-BENCH_QUICK=1 (or --quick): the default variant of each model, c=1 and 16, 2 short rounds.
+BENCH_QUICK=1 (or --quick): the default variant of each model, c=1 and 16, 2 rounds.
 BENCH_VARIANTS=digits/int8,ocr/int8 picks variants; BENCH_ROUNDS and BENCH_SECONDS override.
 """
 
@@ -50,7 +50,7 @@ def make_plan(args: argparse.Namespace) -> Plan:
         variants=variants,
         concurrency=[1, 16] if quick else [1, 4, 16, 64],
         rounds=int(os.environ.get("BENCH_ROUNDS", 2 if quick else 3)),
-        seconds=float(os.environ.get("BENCH_SECONDS", 1.5 if quick else 2.0)),
+        seconds=int(os.environ.get("BENCH_SECONDS", 2)),
         overload_seconds=3.0 if quick else 5.0,
         quick=quick,
         server_core=server_core,

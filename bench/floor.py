@@ -1,6 +1,8 @@
 """The in-process ONNX Runtime floor: session.run alone, with the service's session options.
 
-Run pinned to the server's core: `python -m bench.floor MODEL_FILE SAMPLE.npz`; prints JSON.
+Run pinned to the server's core: `python -m bench.floor MODEL_FILE SAMPLE.npz` prints one JSON
+line per line of input (seconds to measure), so the bench can interleave floor measurements
+with its load runs on one warm session.
 """
 
 from __future__ import annotations
@@ -10,17 +12,16 @@ import json
 import statistics
 import sys
 import time
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from service.sessions import open_session
 
 
-def measure(model_file: str, feed: dict[str, np.ndarray], seconds: float, threads: int) -> dict:
-    """p50/p90 of session.run after a warm-up, and the runs one core does per second."""
-    session = open_session(model_file, threads)  # type: ignore[arg-type]
-    for _ in range(5):
-        session.run(None, feed)
+def measure(session: Any, feed: dict[str, np.ndarray], seconds: float) -> dict[str, float]:
+    """p50/p90 of session.run, and the runs one core does per second."""
     times: list[float] = []
     deadline = time.perf_counter() + seconds
     while time.perf_counter() < deadline or len(times) < 20:
@@ -41,12 +42,15 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="bench.floor", description=__doc__)
     parser.add_argument("model_file")
     parser.add_argument("sample", help=".npz with the feed")
-    parser.add_argument("--seconds", type=float, default=2.0)
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args(argv)
     with np.load(args.sample) as arrays:
         feed = {name: arrays[name] for name in arrays.files}
-    json.dump(measure(args.model_file, feed, args.seconds, args.threads), sys.stdout)
+    session = open_session(Path(args.model_file), args.threads)
+    for _ in range(5):
+        session.run(None, feed)
+    for line in sys.stdin:
+        print(json.dumps(measure(session, feed, float(line))), flush=True)
 
 
 if __name__ == "__main__":

@@ -64,7 +64,8 @@ def run_wrk(
             "BENCH_BODY": body.name,
             "BENCH_HEADERS": "\n".join(f"{k}: {v}" for k, v in payload.headers.items()),
         }
-        command = [wrk, "-t1", f"-c{connections}", f"-d{seconds:g}s", "--timeout", "10s",
+        command = [wrk, "-t1", f"-c{connections}", f"-d{max(1, round(seconds))}s", "--timeout",
+                   "10s",
                    "-s", str(WRK_SCRIPT), url]  # fmt: skip
         before = resource.getrusage(resource.RUSAGE_CHILDREN)
         started = time.perf_counter()

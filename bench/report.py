@@ -61,7 +61,8 @@ def headline_table(results: dict[str, Any], c_high: int) -> list[str]:
             else "—"
         )
         lines.append(
-            f"| {variant} | {floor['p50_ms']:.3f} ms | {_p50(binary_1)} · {_rate(binary_n)}"
+            f"| {variant} | {floor['p50_ms']:.3f} ms ±{floor['p50_ms_spread'] * 100:.0f}% "
+            f"| {_p50(binary_1)} · {_rate(binary_n)}"
             f"{_failed(binary_n)} | {_rate(json_n)}{_failed(json_n)} | {_p50(min_1)} · "
             f"{_rate(min_n)}{_failed(min_n)} | {ratio} |"
         )

@@ -8,6 +8,7 @@ shared machine hits each alike; a cell reports its median and its spread (max - 
 
 from __future__ import annotations
 
+import json
 import os
 import statistics
 import subprocess
@@ -42,7 +43,7 @@ class Plan:
     variants: list[str]
     concurrency: list[int]
     rounds: int
-    seconds: float
+    seconds: int
     overload_seconds: float
     quick: bool
     server_core: int | None
@@ -164,24 +165,42 @@ def _wait_ready(url: str, process: subprocess.Popen[bytes] | None, timeout: floa
     raise RuntimeError(f"{url} was not ready within {timeout:.0f} s")
 
 
-def measure_floor(plan: Plan, model_file: Path, feed: dict[str, np.ndarray]) -> dict[str, Any]:
-    """session.run alone, in a fresh process pinned to the server's core."""
-    with tempfile.NamedTemporaryFile(suffix=".npz") as sample:
-        np.savez(sample.name, **feed)  # type: ignore[arg-type]
-        done = subprocess.run(
-            [sys.executable, "-m", "bench.floor", str(model_file), sample.name,
-             "--seconds", str(max(1.0, plan.seconds))],
-            capture_output=True, text=True, check=True, preexec_fn=_pin(plan.server_core),
+class Floor:
+    """A warm session in its own process on the server's core, measured between load runs."""
+
+    def __init__(self, plan: Plan, model_file: Path, feed: dict[str, np.ndarray]) -> None:
+        self._sample = tempfile.NamedTemporaryFile(suffix=".npz")  # noqa: SIM115 - kept open
+        np.savez(self._sample.name, **feed)  # type: ignore[arg-type]
+        self._process = subprocess.Popen(
+            [sys.executable, "-m", "bench.floor", str(model_file), self._sample.name],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+            preexec_fn=_pin(plan.server_core),
         )  # fmt: skip
-    result: dict[str, Any] = floor_json(done.stdout)
-    return result
+        self.runs: list[dict[str, float]] = []
 
+    def measure(self, seconds: float) -> dict[str, float]:
+        assert self._process.stdin is not None and self._process.stdout is not None
+        self._process.stdin.write(f"{seconds}\n")
+        self._process.stdin.flush()
+        result: dict[str, float] = json.loads(self._process.stdout.readline())
+        self.runs.append(result)
+        return result
 
-def floor_json(text: str) -> dict[str, Any]:
-    import json
+    def summary(self) -> dict[str, Any]:
+        p50s = [run["p50_ms"] for run in self.runs]
+        middle = statistics.median(p50s)
+        return {
+            "p50_ms": middle,
+            "p50_ms_spread": (max(p50s) - min(p50s)) / middle if middle else 0.0,
+            "per_second": 1000.0 / middle if middle else 0.0,
+            "rounds": self.runs,
+        }
 
-    value: dict[str, Any] = json.loads(text)
-    return value
+    def close(self) -> None:
+        if self._process.stdin is not None:
+            self._process.stdin.close()
+        self._process.wait(timeout=30)
+        self._sample.close()
 
 
 def batching_of(url: str, model: str, variant: str) -> bool:
@@ -220,9 +239,10 @@ def _run(plan: Plan, workdir: Path, say: Any) -> dict[str, Any]:
             manifest = ModelManifest.read(plan.repository / model)
             model_file = plan.repository / model / manifest.variants[variant].file
             feed = sample_feed(plan.repository, model)
-            floors[name] = measure_floor(plan, model_file, feed)
+            floor = Floor(plan, model_file, feed)
             batching[name] = batching_of(service.url, model, variant)
-            say(f"{name}: floor p50 {floors[name]['p50_ms']:.3f} ms; batching {batching[name]}")
+            first = floor.measure(1.0)["p50_ms"]
+            say(f"{name}: floor p50 {first:.3f} ms, batching {batching[name]}")
             if batching[name] and unbatched is None:
                 unbatched, _ = start_pinned_service(
                     plan, workdir / "service-unbatched.log", env={"EDGE_BATCHING": "off"}
@@ -241,6 +261,7 @@ def _run(plan: Plan, workdir: Path, say: Any) -> dict[str, Any]:
                 for connections in plan.concurrency:
                     row = {cfg: Cell(name, cfg, connections) for cfg, _, _ in targets}
                     for _ in range(plan.rounds):
+                        floor.measure(max(1.0, plan.seconds / 2))
                         for cfg, url, payload in targets:
                             row[cfg].runs.append(
                                 run_wrk(url, payload, connections, plan.seconds, plan.load_core)
@@ -257,6 +278,8 @@ def _run(plan: Plan, workdir: Path, say: Any) -> dict[str, Any]:
                 "minimal_after": rss_bytes(_pid(minimal)),
             }
             stop_service(minimal)
+            floor.close()
+            floors[name] = floor.summary()
         overload = run_overload_pair(plan, service)
     finally:
         stop_service(service)

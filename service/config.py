@@ -53,10 +53,10 @@ class Settings(BaseSettings):
     """session.run calls in flight per variant; unset: the usable cores / threads (at least 1)."""
 
     max_queue: int = Field(128, ge=1)
-    """Requests waiting per variant; beyond it (or the deadline) a quick 503 with Retry-After."""
+    """Requests waiting per variant for a place in its queue; one more gets a 503 at once."""
 
-    queue_deadline_ms: float = Field(100.0, gt=0)
-    """Longest wait in a variant's queue; requests expected to wait longer get 503 at once."""
+    queue_deadline_ms: float | None = Field(None, gt=0)
+    """Longest wait for a place in the queue, then 503 + Retry-After; unset: 3 runs (>= 50 ms)."""
 
     batching: Literal["auto", "on", "off"] = "auto"
     """Zero-delay batching of queued requests: auto where timing at load shows it pays."""

@@ -62,6 +62,28 @@ class _Tracked:
             self._runtime.record(False, 0, 0, int(elapsed * 1e9), 0)
 
 
+class Admitted:
+    """A place past a variant's gate, held from before the body is decoded until the answer."""
+
+    __slots__ = ("_lane", "arrived")
+
+    def __init__(self, lane: Lane) -> None:
+        self._lane = lane
+        self.arrived = 0.0
+
+    async def __aenter__(self) -> Admitted:
+        self.arrived = await self._lane.admit()
+        return self
+
+    async def __aexit__(
+        self,
+        kind: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self._lane.release()
+
+
 class Inference:
     """Routes call track() around a request and run() for each session call inside it."""
 
@@ -77,8 +99,16 @@ class Inference:
         """Count the request, its outcome and its latency under the variant's labels."""
         return _Tracked(self.metrics.variant(runtime.model, runtime.variant), runtime)
 
+    def admit(self, runtime: ModelRuntime) -> Admitted:
+        """Wait at the variant's gate (503 past its deadline); pass the result to run()."""
+        return Admitted(self.lane(runtime))
+
     async def run(
-        self, runtime: ModelRuntime, feed: Feed, outputs: list[str] | None = None
+        self,
+        runtime: ModelRuntime,
+        feed: Feed,
+        outputs: list[str] | None = None,
+        admitted: Admitted | None = None,
     ) -> dict[str, np.ndarray]:
         """Validate the feed, run it on the variant's lane, observe queue/compute time."""
         rows = self._validate(runtime, feed)
@@ -86,7 +116,12 @@ class Inference:
             unknown = sorted(set(outputs) - {spec.name for spec in runtime.outputs})
             if unknown:
                 raise BadRequest(f"unknown output(s) {', '.join(unknown)} for {runtime.model}")
-        done = await self.lane(runtime).submit(feed, outputs, rows)
+        lane = self.lane(runtime)
+        if admitted is None:
+            async with Admitted(lane) as place:
+                done = await lane.submit(feed, outputs, rows, place.arrived)
+        else:
+            done = await lane.submit(feed, outputs, rows, admitted.arrived)
         bound = self.metrics.variant(runtime.model, runtime.variant)
         bound.queue_seconds.observe(done.queue_seconds)
         bound.compute_seconds.observe(done.compute_seconds)
@@ -122,7 +157,9 @@ class Inference:
             self._core_slots,
             workers=settings.max_concurrency or self.slots,
             max_queue=settings.max_queue,
-            deadline=settings.queue_deadline_ms / 1000.0,
+            deadline=None
+            if settings.queue_deadline_ms is None
+            else settings.queue_deadline_ms / 1e3,
             batch_rows=self.batch_rows(runtime),
             observe_batch=self.metrics.variant(runtime.model, runtime.variant).batch_size.observe,
         )

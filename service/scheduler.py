@@ -1,13 +1,15 @@
-"""Per-variant work lanes: bounded admission with a deadline, zero-delay batching, core slots.
+"""Per-variant work lanes: a gate with a deadline, zero-delay batching, core slots.
 
-Each variant has one Lane: a queue the event loop appends to and a few worker threads that
-take from it. A worker takes the oldest request and, where batching is on, every other queued
-request of the same shape (never waiting for more: a lone request runs at once), runs one
-session.run, and hands each request its own rows back. Admission is where backpressure lives:
-a request that would wait past the deadline, or finds the queue full, gets a 503 with
-Retry-After immediately instead of joining a queue that only grows. All lanes share one
-semaphore of core slots (usable cores // intra-op threads), so the threads of every running
-session together never outnumber the cores.
+Each variant has one Lane. Its gate, on the event loop, lets `capacity` requests in (a few
+runs' worth; more where requests are batched); the rest park, costing nothing, until a place
+frees or the deadline passes, when they get a 503 with Retry-After. A request that finds
+`max_queue` already parked gets that 503 at once. Parking rather than refusing at once matters
+on a shared core: refused clients that retry immediately would take half the CPU from
+session.run. Past the gate, requests queue for the lane's worker threads. A worker takes the
+oldest and, where batching is on, every other queued request of the same shape (never waiting
+for more: a lone request runs at once), runs one session.run and hands each request its own
+rows. All lanes share one semaphore of core slots (usable cores // intra-op threads), so the
+threads of every running session together never outnumber the cores.
 """
 
 from __future__ import annotations
@@ -29,8 +31,17 @@ from service.runtime import Feed, ModelRuntime
 log = logging.getLogger(__name__)
 
 Result = dict[str, np.ndarray]
-# Weight of the newest run in the per-row cost estimate used for admission.
+# Weight of the newest run in the run-time estimate behind the adaptive deadline.
 _EWMA = 0.2
+# Unbatched: requests past the gate per worker (one running, the rest queued behind it).
+DEPTH = 4
+# Batched: requests past the gate per worker, in batches' worth (one running, one filling).
+BATCH_DEPTH = 2
+# Runs expected to take less than this go inline on the event loop (see Lane._inline).
+INLINE_SECONDS = 0.0002
+# The adaptive deadline: this many runs of the variant, never under MIN_DEADLINE seconds.
+DEADLINE_RUNS = 3
+MIN_DEADLINE = 0.050
 
 
 @dataclass(frozen=True)
@@ -49,7 +60,7 @@ class _Job:
     rows: int
     key: tuple[object, ...]
     future: asyncio.Future[Done]
-    enqueued: float
+    arrived: float
 
 
 def core_slots(cores: int, threads: int) -> int:
@@ -58,7 +69,7 @@ def core_slots(cores: int, threads: int) -> int:
 
 
 class Lane:
-    """One variant's queue and workers: submit() on the event loop, the run in a worker thread."""
+    """One variant's gate, queue and workers: admit() and submit() on the event loop."""
 
     def __init__(
         self,
@@ -66,22 +77,25 @@ class Lane:
         slots: threading.Semaphore,
         workers: int,
         max_queue: int,
-        deadline: float,
+        deadline: float | None,
         batch_rows: int,
         observe_batch: Callable[[int], None],
     ) -> None:
         self.runtime = runtime
         self.workers = workers
         self.max_queue = max_queue
-        self.deadline = deadline
+        self.fixed_deadline = deadline
         self.batch_rows = batch_rows
+        self.capacity = workers * (batch_rows * BATCH_DEPTH if batch_rows > 1 else DEPTH)
+        self.run_seconds = runtime.facts.row_seconds
+        self.row_seconds = runtime.facts.row_seconds
         self._slots = slots
         self._observe_batch = observe_batch
+        self._inside = 0
+        self._parked: deque[asyncio.Future[None]] = deque()
         self._queue: deque[_Job] = deque()
-        self._queued_rows = 0
         self._closed = False
         self._ready = threading.Condition(threading.Lock())
-        self.row_seconds = runtime.facts.row_seconds
         self._threads = [
             threading.Thread(target=self._work, name=f"lane-{runtime.name}-{i}", daemon=True)
             for i in range(workers)
@@ -93,43 +107,123 @@ class Lane:
     def batching(self) -> bool:
         return self.batch_rows > 1
 
-    async def submit(self, feed: Feed, outputs: list[str] | None, rows: int) -> Done:
-        """Queue one validated request and wait for its rows; 503 at once if it cannot fit."""
+    @property
+    def queued(self) -> int:
+        """Requests waiting for a worker now."""
+        return len(self._queue)
+
+    @property
+    def parked(self) -> int:
+        """Requests waiting at the gate now."""
+        return len(self._parked)
+
+    @property
+    def deadline(self) -> float:
+        """How long a request may wait at the gate: the setting, or a few runs of the variant."""
+        if self.fixed_deadline is not None:
+            return self.fixed_deadline
+        return max(MIN_DEADLINE, DEADLINE_RUNS * self.run_seconds)
+
+    # --- the gate (event loop only) ------------------------------------------------------
+
+    async def admit(self) -> float:
+        """Wait for a place past the gate (503 at the deadline, or at once when full)."""
+        arrived = time.perf_counter()
+        if self._inside < self.capacity and not self._parked:
+            self._inside += 1
+            return arrived
+        if self._closed:
+            raise NotReady(f"model '{self.runtime.model}' is shutting down")
+        if len(self._parked) >= self.max_queue:
+            raise Overloaded(
+                f"model '{self.runtime.model}' version '{self.runtime.variant}' has "
+                f"{len(self._parked)} requests waiting (EDGE_MAX_QUEUE); retry shortly"
+            )
+        loop = asyncio.get_running_loop()
+        place: asyncio.Future[None] = loop.create_future()
+        self._parked.append(place)
+        timer = loop.call_later(self.deadline, self._expire, place, arrived)
+        try:
+            await place
+        except asyncio.CancelledError:
+            if place.done() and not place.cancelled() and place.exception() is None:
+                self.release()  # handed a place just as the request was cancelled
+            elif place in self._parked:
+                self._parked.remove(place)
+            raise
+        finally:
+            timer.cancel()
+        return arrived
+
+    def release(self) -> None:
+        """A request left: its place goes to the oldest parked request, if any."""
+        while self._parked:
+            place = self._parked.popleft()
+            if not place.done():
+                place.set_result(None)
+                return
+        self._inside -= 1
+
+    def _expire(self, place: asyncio.Future[None], arrived: float) -> None:
+        if place.done():
+            return
+        self._parked.remove(place)
+        place.set_exception(self._late(time.perf_counter() - arrived))
+
+    # --- the queue -------------------------------------------------------------------------
+
+    async def submit(
+        self, feed: Feed, outputs: list[str] | None, rows: int, arrived: float
+    ) -> Done:
+        """Queue one validated, admitted request and wait for its rows."""
+        if rows * self.row_seconds < INLINE_SECONDS and not self._queue:
+            done = self._inline(feed, outputs, rows, arrived)
+            if done is not None:
+                return done
         future: asyncio.Future[Done] = asyncio.get_running_loop().create_future()
         key = (
             tuple((name, array.dtype.str, array.shape[1:]) for name, array in feed.items()),
             tuple(outputs) if outputs else None,
         )
-        job = _Job(feed, outputs, rows, key, future, time.perf_counter())
+        job = _Job(feed, outputs, rows, key, future, arrived)
         with self._ready:
             if self._closed:
                 raise NotReady(f"model '{self.runtime.model}' is shutting down")
-            self._admit(rows)
             self._queue.append(job)
-            self._queued_rows += rows
             self._ready.notify()
         return await future
 
-    def _admit(self, rows: int) -> None:
-        """Refuse what would only wait past the deadline (called with the lock held)."""
-        if len(self._queue) >= self.max_queue:
-            raise Overloaded(
-                f"model '{self.runtime.model}' version '{self.runtime.variant}' has "
-                f"{len(self._queue)} requests queued (EDGE_MAX_QUEUE); retry shortly"
-            )
-        expected = (self._queued_rows + rows) * self.row_seconds / self.workers
-        if self._queue and expected > self.deadline:
-            raise Overloaded(
-                f"model '{self.runtime.model}' version '{self.runtime.variant}' is busy: "
-                f"about {expected * 1000:.0f} ms of queued work is over the "
-                f"{self.deadline * 1000:.0f} ms deadline (EDGE_QUEUE_DEADLINE_MS); retry shortly"
-            )
+    def _inline(
+        self, feed: Feed, outputs: list[str] | None, rows: int, arrived: float
+    ) -> Done | None:
+        """Run here, on the event loop, when that is cheaper than handing over to a worker.
+
+        Measured on one shared core (bench/README.md): waking a worker thread and waking the
+        loop back costs ~0.2 ms, several times a digits run. A free core slot is still needed,
+        so the cores are never oversubscribed; without one the request queues as usual.
+        """
+        if not self._slots.acquire(blocking=False):
+            return None
+        try:
+            started = time.perf_counter()
+            result = self.runtime.predict(feed, outputs)
+            took = time.perf_counter() - started
+        finally:
+            self._slots.release()
+        self._observe_batch(rows)
+        self.row_seconds += _EWMA * (took / rows - self.row_seconds)
+        self.run_seconds += _EWMA * (took - self.run_seconds)
+        return Done(result, started - arrived, took)
 
     def close(self) -> None:
-        """Let the workers finish what is queued, then end."""
+        """Let the workers finish what is queued, then end; parked requests get 503."""
         with self._ready:
             self._closed = True
             self._ready.notify_all()
+        while self._parked:
+            place = self._parked.popleft()
+            if not place.done():
+                place.set_exception(NotReady(f"model '{self.runtime.model}' is shutting down"))
 
     # --- worker side ---------------------------------------------------------------------
 
@@ -151,23 +245,27 @@ class Lane:
         """The oldest job, plus queued jobs of the same shape up to batch_rows (lock held)."""
         first = self._queue.popleft()
         jobs, rows = [first], first.rows
-        if self.batching and self._queue and rows < self.batch_rows:
+        # A batch no bigger than the deadline's worth of rows: batching must not build tails.
+        limit = min(self.batch_rows, int(self.deadline / max(self.row_seconds, 1e-9)))
+        if self.batching and self._queue and rows < limit:
             kept: deque[_Job] = deque()
             for job in self._queue:
-                if job.key == first.key and rows + job.rows <= self.batch_rows:
+                if job.key == first.key and rows + job.rows <= limit:
                     jobs.append(job)
                     rows += job.rows
                 else:
                     kept.append(job)
             self._queue = kept
-        self._queued_rows -= rows
         return jobs
 
     def _run(self, jobs: list[_Job]) -> None:
         now = time.perf_counter()
-        late = [job for job in jobs if now - job.enqueued > self.deadline]
+        # A safety net: past the gate a request waits about `capacity` runs; far beyond
+        # that (a stalled core), its client is better served by a 503 than by a late answer.
+        late_after = self.deadline + (self.capacity / self.workers + 1) * self.run_seconds
+        late = [job for job in jobs if now - job.arrived > late_after]
         if late:
-            _settle([(job, None, self._late(now - job.enqueued)) for job in late])
+            _settle([(job, None, self._late(now - job.arrived)) for job in late])
             jobs = [job for job in jobs if job not in late]
             if not jobs:
                 return
@@ -177,10 +275,12 @@ class Lane:
             finished = time.perf_counter()
         rows = sum(job.rows for job in jobs)
         self._observe_batch(rows)
-        self.row_seconds += _EWMA * ((finished - started) / rows - self.row_seconds)
+        took = finished - started
+        self.run_seconds += _EWMA * (took - self.run_seconds)
+        self.row_seconds += _EWMA * (took / rows - self.row_seconds)
         _settle(
             [
-                (job, Done(result, started - job.enqueued, finished - started), None)
+                (job, Done(result, started - job.arrived, took), None)
                 if error is None
                 else (job, None, error)
                 for job, result, error in outcomes
@@ -215,9 +315,9 @@ class Lane:
 
     def _late(self, waited: float) -> Overloaded:
         return Overloaded(
-            f"model '{self.runtime.model}' version '{self.runtime.variant}' waited "
-            f"{waited * 1000:.0f} ms in the queue, over the {self.deadline * 1000:.0f} ms "
-            "deadline (EDGE_QUEUE_DEADLINE_MS); retry shortly"
+            f"model '{self.runtime.model}' version '{self.runtime.variant}' is busy: waited "
+            f"{waited * 1000:.0f} ms, over the {self.deadline * 1000:.0f} ms queue deadline "
+            "(EDGE_QUEUE_DEADLINE_MS); retry shortly"
         )
 
 

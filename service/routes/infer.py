@@ -45,9 +45,10 @@ async def infer_response(
 ) -> tuple[bytes, dict[str, str]]:
     """One v2 infer call from body bytes to response bytes and headers."""
     runtime = registry.runtime(model, version)
-    async with inference.track(runtime):
+    async with inference.track(runtime), inference.admit(runtime) as admitted:
+        # Admitted before decoding: a request that cannot be served soon costs no decode.
         decoded = await decode_body(body, header_length, encoding, settings.max_request_bytes)
-        outputs = await inference.run(runtime, decoded.inputs, decoded.outputs)
+        outputs = await inference.run(runtime, decoded.inputs, decoded.outputs, admitted)
         if any(
             array.size > OFFLOAD_OUTPUT_VALUES and not decoded.wants_binary(name)
             for name, array in outputs.items()

@@ -1,0 +1,193 @@
+"""Lanes on a real digits session: admission, deadline, batching split, and 503s over HTTP.
+
+The in-process tests hold the shared core slot themselves, so "the worker is busy" is a fact
+the test sets up rather than a race it hopes to win; nothing here asserts on a duration.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import httpx
+import numpy as np
+import pytest
+
+from service.errors import Overloaded
+from service.manifest import ModelManifest
+from service.processing import Processor
+from service.runtime import ModelRuntime
+from service.scheduler import Lane, core_slots
+
+HEADER = "Inference-Header-Content-Length"
+
+
+@pytest.fixture(scope="module")
+def runtime(model_repository: Path) -> ModelRuntime:
+    """digits/int8 loaded and warmed up exactly as the registry does it."""
+    directory = model_repository / "digits"
+    manifest = ModelManifest.read(directory)
+    variant = manifest.variants["int8"]
+    runtime = ModelRuntime(
+        "digits", "int8", directory / variant.file, variant.sha256, 1,
+        manifest.inputs, manifest.outputs,
+    )  # fmt: skip
+    runtime.load(Processor(manifest, directory).sample_feed(), 2)
+    assert runtime.ready, runtime.error
+    return runtime
+
+
+def make_lane(
+    runtime: ModelRuntime, slots: threading.Semaphore, observe: Any = None, **options: Any
+) -> Lane:
+    settings = {"workers": 1, "max_queue": 8, "deadline": 10.0, "batch_rows": 1, **options}
+    # deadline 10 s unless a test sets one: nothing here may depend on how fast a run is
+    return Lane(runtime, slots, observe_batch=observe or (lambda rows: None), **settings)
+
+
+def digits(rows: int, seed: int) -> dict[str, np.ndarray]:
+    return {"input": np.random.default_rng(seed).uniform(0, 16, (rows, 1, 8, 8)).astype("f4")}
+
+
+async def wait_until_taken(lane: Lane) -> None:
+    """Until the worker has taken the first job off the queue (and blocks on the slot)."""
+    while lane.queued:
+        await asyncio.sleep(0.001)
+
+
+def submit(lane: Lane, feed: dict[str, np.ndarray]) -> asyncio.Future[Any]:
+    """Queue one request as an admitted one would be."""
+    rows = feed["input"].shape[0]
+    return asyncio.ensure_future(lane.submit(feed, None, rows, time.perf_counter()))
+
+
+def test_core_slots_never_oversubscribe() -> None:
+    assert core_slots(2, 1) == 2
+    assert core_slots(2, 2) == 1
+    assert core_slots(1, 4) == 1  # at least one run, even with more threads than cores
+
+
+def test_gate_parks_then_refuses_when_full(runtime: ModelRuntime) -> None:
+    """Past capacity requests park; with max_queue parked, the next is refused at once."""
+    lane = make_lane(runtime, threading.Semaphore(1), max_queue=1)
+    assert lane.capacity == 4  # one running and three queued behind it, per worker
+
+    async def scenario() -> None:
+        inside = [await lane.admit() for _ in range(lane.capacity)]
+        parked = asyncio.ensure_future(lane.admit())
+        await asyncio.sleep(0)
+        assert lane.parked == 1
+        with pytest.raises(Overloaded, match="waiting"):
+            await lane.admit()
+        lane.release()  # one request leaves: its place goes to the parked one
+        await parked
+        assert lane.parked == 0 and len(inside) == 4
+
+    asyncio.run(scenario())
+    lane.close()
+
+
+def test_parked_request_gets_503_at_the_deadline(runtime: ModelRuntime) -> None:
+    lane = make_lane(runtime, threading.Semaphore(1), deadline=0.05)
+
+    async def scenario() -> None:
+        for _ in range(lane.capacity):
+            await lane.admit()
+        with pytest.raises(Overloaded, match="waited"):
+            await lane.admit()  # nobody leaves, so the deadline passes
+        assert lane.parked == 0
+
+    asyncio.run(scenario())
+    lane.close()
+
+
+def test_batched_rows_go_back_to_their_requests(runtime: ModelRuntime) -> None:
+    """Queued requests of different sizes run as one batch; each gets exactly its own rows."""
+    slots = threading.Semaphore(1)
+    batches: list[int] = []
+    lane = make_lane(runtime, slots, batch_rows=32, observe=batches.append)
+    feeds = [digits(rows, seed) for seed, rows in enumerate((1, 3, 1, 2, 5))]
+
+    async def scenario() -> list[Any]:
+        slots.acquire()
+        first = submit(lane, feeds[0])
+        await asyncio.sleep(0)
+        await wait_until_taken(lane)
+        rest = [submit(lane, f) for f in feeds[1:]]
+        await asyncio.sleep(0)
+        slots.release()
+        return list(await asyncio.gather(first, *rest))
+
+    done = asyncio.run(scenario())
+    lane.close()
+    for feed, result in zip(feeds, done, strict=True):
+        expected = runtime.predict(feed)["logits"]
+        assert np.array_equal(result.result["logits"], expected)
+    assert batches == [1, 11]  # the first alone (taken at once), the other four stacked
+
+
+def test_unbatched_lane_runs_one_request_per_run(runtime: ModelRuntime) -> None:
+    slots = threading.Semaphore(1)
+    batches: list[int] = []
+    lane = make_lane(runtime, slots, batch_rows=1, observe=batches.append)
+
+    async def scenario() -> None:
+        await asyncio.gather(*(submit(lane, digits(2, s)) for s in range(4)))
+
+    asyncio.run(scenario())
+    lane.close()
+    assert batches == [2, 2, 2, 2]
+
+
+# --- over HTTP ------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def tight_server(
+    model_repository: Path, servers: ModuleType, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Any]:
+    """A server whose lanes park one request and refuse the rest at once."""
+    server = servers.start_server(
+        model_repository,
+        tmp_path_factory.mktemp("tight") / "server.log",
+        EDGE_MAX_QUEUE="1",
+        EDGE_MAX_CONCURRENCY="1",
+        EDGE_BATCHING="off",
+    )
+    yield server
+    servers.stop_server(server)
+
+
+def test_overload_answers_only_200_or_503_with_retry_after(tight_server: Any) -> None:
+    """Many clients at once on a tight gate: each answer is a result or a 503 with Retry-After."""
+    x = np.zeros((64, 1, 8, 8), np.float32).tobytes()
+    header = (
+        b'{"inputs":[{"name":"input","shape":[64,1,8,8],"datatype":"FP32",'
+        b'"parameters":{"binary_data_size":16384}}]}'
+    )
+    url = f"{tight_server.url}/v2/models/digits/versions/fp32/infer"
+
+    def client(_: int) -> list[httpx.Response]:
+        with httpx.Client(timeout=30) as http:
+            return [
+                http.post(url, content=header + x, headers={HEADER: str(len(header))})
+                for _ in range(10)
+            ]
+
+    with ThreadPoolExecutor(16) as pool:
+        answers = [r for batch in pool.map(client, range(16)) for r in batch]
+        live = httpx.get(f"{tight_server.url}/v2/health/live", timeout=5)
+    assert live.status_code == 200
+    assert {r.status_code for r in answers} <= {200, 503}
+    for response in answers:
+        if response.status_code == 503:
+            assert response.headers["retry-after"] == "1"
+            assert list(response.json()) == ["error"]
+    metrics = httpx.get(f"{tight_server.url}/metrics").text
+    assert 'edge_inference_batch_size_count{model="digits",version="fp32"}' in metrics
