@@ -20,6 +20,7 @@ from service.errors import BadRequest, NotReady
 from service.manifest import TensorSpec, file_sha256
 from service.memory import heap_bytes, rss_bytes
 from service.sessions import open_session
+from service.specs import spec_mismatches
 
 log = logging.getLogger(__name__)
 
@@ -125,6 +126,9 @@ class ModelRuntime:
                 raise ValueError(f"sha256 mismatch for {self.path}: manifest {self.sha256[:12]}…")
             reason = f"ONNX Runtime could not open {file} (details in the server log)"
             self._session = open_session(self.path, self.threads)
+            if mismatches := spec_mismatches(self._session, self.inputs, self.outputs):
+                reason = f"model.json does not match {file}: {'; '.join(mismatches)}"
+                raise ValueError(reason)
             reason = f"warm-up run of {file} failed (details in the server log)"
             self.facts.load_seconds = time.perf_counter() - started
             self.facts.memory_loaded_bytes = max(rss_bytes() - before, 0)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -146,3 +147,23 @@ def test_failed_gate_keeps_the_previous_model(
     report = json.loads((out / "report.json").read_text())
     assert report["ok"] is False and report["failed"]
     assert "**Build failed**" in (out / "report.md").read_text()
+
+
+def test_variant_from_a_file_is_gated_timed_and_served(tmp_path: Path) -> None:
+    """A variant quantized elsewhere (here: a previous build's INT8 file) sits beside the rest."""
+    config = tensor_project(tmp_path / "project", model="int32_counts")
+    first = tmp_path / "first"
+    assert cli.main(["--config", str(config), "--out", str(first)]) == 0
+    shutil.copyfile(first / "int32-counts" / "int8" / "model.onnx", config.parent / "qat.onnx")
+    tensor_project(
+        tmp_path / "project", model="int32_counts", variants={"int8-qat": {"onnx": "qat.onnx"}}
+    )
+    out = tmp_path / "repo"
+    assert cli.main(["--config", str(config), "--out", str(out)]) == 0
+    manifest = ModelManifest.read(out / "int32-counts")
+    qat = manifest.variants["int8-qat"]
+    assert qat.quantization == {"method": "provided"}
+    assert qat.passed and [c.metric for c in qat.gate] == ["top1_agreement"]
+    assert set(qat.latency_ms) == {"batch_1", "batch_8"}
+    assert qat.sha256 == file_sha256(config.parent / "qat.onnx")
+    assert "| int32-counts | int8-qat |" in (out / "report.md").read_text()
