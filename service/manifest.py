@@ -9,7 +9,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 MANIFEST_FILE = "model.json"
-SCHEMA_VERSION = 2
+SCHEMA_VERSION: Literal[2] = 2
 
 Task = Literal["image-classification", "text-embedding", "text-recognition", "tensor"]
 
@@ -134,7 +134,8 @@ class Variant(_Model):
 class ModelManifest(_Model):
     """Everything the service needs to know about one model and its variants."""
 
-    schema_version: int = SCHEMA_VERSION
+    # A model.json from another schema is refused, not misread (v1 scaled pixels differently).
+    schema_version: Literal[2] = SCHEMA_VERSION
     name: str
     task: Task
     description: str

@@ -47,7 +47,17 @@ class Registry:
                 "build one with `make models` or `python -m build_models --out DIR`"
             )
         for path in manifests:
-            manifest = ModelManifest.read(path.parent)
+            try:
+                manifest = ModelManifest.read(path.parent)
+            except (ValueError, OSError) as exc:  # pydantic's ValidationError is a ValueError
+                log.error(
+                    "skipped %s: its %s is not readable by this version (%s); rebuild it with "
+                    "`make models`",
+                    path.parent.name,
+                    MANIFEST_FILE,
+                    str(exc).splitlines()[0],
+                )
+                continue
             wanted = self.settings.variants or tuple(manifest.variants)
             runtimes = {
                 name: ModelRuntime(
@@ -75,6 +85,8 @@ class Registry:
             self.models[manifest.name] = ModelEntry(
                 manifest, path.parent, Processor(manifest, path.parent), runtimes, default
             )
+        if not self.models:
+            raise RuntimeError(f"no readable model.json in repository {root.resolve()}")
         log.info(
             "registered %s",
             ", ".join(f"{m.name}[{','.join(m.runtimes)}]" for m in self.models.values()),
