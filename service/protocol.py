@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 import struct
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Any
 
 import numpy as np
@@ -154,11 +155,10 @@ def split_body(body: bytes, header_length: str | None) -> tuple[memoryview, memo
 def decode_request(body: bytes, header_length: str | None = None) -> DecodedRequest:
     """Parse a v2 infer body (JSON, or JSON header + binary tensors) into numpy arrays."""
     header, binary = split_body(body, header_length)
-    try:
-        request = orjson.loads(header)
-    except orjson.JSONDecodeError as exc:
-        raise BadRequest(f"malformed inference request: invalid JSON ({exc.msg})") from None
-    request_id, params, tensors, outputs = _check_request(request)
+    if binary:  # a binary request's header repeats from call to call: parse it once
+        request_id, params, tensors, outputs = _parsed_header(bytes(header))
+    else:
+        request_id, params, tensors, outputs = _parse_header(header)
     offset = 0
     inputs: dict[str, np.ndarray] = {}
     for tensor in tensors:
@@ -194,6 +194,23 @@ def decode_request(body: bytes, header_length: str | None = None) -> DecodedRequ
     )
 
 
+_Header = tuple[str | None, dict[str, Any], list[_Tensor], list[tuple[str, dict[str, Any]]] | None]
+
+
+def _parse_header(header: bytes | memoryview) -> _Header:
+    try:
+        request = orjson.loads(header)
+    except orjson.JSONDecodeError as exc:
+        raise BadRequest(f"malformed inference request: invalid JSON ({exc.msg})") from None
+    return _check_request(request)
+
+
+@lru_cache(maxsize=256)
+def _parsed_header(header: bytes) -> _Header:
+    """Binary requests' JSON headers, parsed and checked once (read-only once cached)."""
+    return _parse_header(header)
+
+
 def _malformed(where: str, problem: str) -> BadRequest:
     return BadRequest(f"malformed inference request: {where}: {problem}")
 
@@ -221,9 +238,7 @@ def _string(value: Any, where: str) -> str:
     return value
 
 
-def _check_request(
-    request: Any,
-) -> tuple[str | None, dict[str, Any], list[_Tensor], list[tuple[str, dict[str, Any]]] | None]:
+def _check_request(request: Any) -> _Header:
     """The InferenceRequest schema's rules, checked by hand: (id, parameters, inputs, outputs)."""
     body = _object(request, "", _REQUEST_KEYS)
     request_id = body.get("id")

@@ -1,0 +1,46 @@
+"""`make bench`'s own code path on digits for about a second: it runs and reports (no timing)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from bench.__main__ import main as bench_main
+from bench.load import wrk_path
+from bench.profile import summarise
+
+
+@pytest.mark.skipif(wrk_path() is None, reason="wrk is not installed (apt-get install wrk)")
+def test_bench_runs_on_digits_and_writes_its_report(
+    model_repository: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Floor, service (binary, JSON), minimal endpoint, batching-off column, overload, goals."""
+    monkeypatch.setenv("BENCH_QUICK", "1")
+    monkeypatch.setenv("BENCH_VARIANTS", "digits/int8")
+    monkeypatch.setenv("BENCH_ROUNDS", "1")
+    monkeypatch.setenv("BENCH_SECONDS", "1")
+    out = tmp_path / "results"
+    assert bench_main(["--repository", str(model_repository), "--out", str(out)]) == 0
+    (written,) = out.glob("*.json")
+    results = json.loads(written.read_text())
+    configs = {(c["config"], c["concurrency"]) for c in results["cells"]}
+    assert {("service binary", 1), ("service JSON", 16), ("minimal JSON", 16)} <= configs
+    for cell in results["cells"]:
+        assert cell["statuses"].get("200", 0) > 0, cell
+        assert set(cell["statuses"]) <= {"200", "503"}, cell
+    assert results["floors"]["digits/int8"]["per_second"] > 0
+    assert results["memory"]["digits/int8"]["service_peak"] > 0
+    assert results["overload"]["results"]["64"]["ok"] > 0
+    report = written.with_suffix(".md").read_text()
+    assert "## Headline" in report and "## Goals (issue 10)" in report
+
+
+def test_profile_summary_counts_self_and_inclusive_samples() -> None:
+    raw = "main (a.py:1);handle (b.py:2);run (c.py:3) 3\nmain (a.py:1);handle (b.py:2) 1\n"
+    total, rows = summarise(raw)
+    assert total == 4
+    shares = {name: (own, inclusive) for name, own, inclusive in rows}
+    assert shares["c.py:run"] == (75.0, 75.0)
+    assert shares["b.py:handle"] == (25.0, 100.0)
