@@ -19,7 +19,7 @@ from onnxruntime.capi import onnxruntime_pybind11_state as ort_errors
 from service.errors import BadRequest, NotReady
 from service.manifest import TensorSpec, file_sha256
 from service.memory import heap_bytes, rss_bytes
-from service.sessions import open_session
+from service.sessions import open_session, run_options
 from service.specs import spec_mismatches
 
 log = logging.getLogger(__name__)
@@ -102,6 +102,7 @@ class ModelRuntime:
         self.stats = Stats()
         self._session: ort.InferenceSession | None = None
         self._output_names: list[str] = []
+        self._run_options = run_options()
 
     @property
     def name(self) -> str:
@@ -163,7 +164,7 @@ class ModelRuntime:
             raise NotReady(f"model '{self.model}' version '{self.variant}' is not ready")
         names = outputs or self._output_names
         try:
-            results = session.run(names, feed)
+            results = session.run(names, feed, self._run_options)
         except _ORT_INPUT_ERRORS as exc:
             log.info("%s rejected an input: %s", self.name, exc)
             raise BadRequest(
