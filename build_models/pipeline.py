@@ -126,7 +126,7 @@ def _build(config: ModelConfig, base: Path, model_dir: Path, log: Log, digest: s
         score=score,
         reference=fp32_accuracy,
         budgets=budgets,
-        latency_feed=latency_feeds[1],
+        latency_feeds=latency_feeds,
         log=lambda line: log(f"[{name}] {line}"),
     )
     log(f"[{name}] searching INT8 recipes (budget: {', '.join(b.metric for b in budgets)})")

@@ -28,7 +28,8 @@ from service.manifest import GateCheck
 from service.sessions import open_session
 
 FP32 = "fp32"
-SEARCH_RUNS = 30
+SEARCH_RUNS = {1: 30, 8: 15}
+"""Interleaved runs per batch size when timing a candidate against FP32."""
 RANK_BATCHES = 4
 """Calibration batches run through both graphs to rank nodes by quantization error."""
 
@@ -110,8 +111,8 @@ class Candidate:
     quantization: dict[str, Any] | None
     accuracy: dict[str, float]
     gate: list[GateCheck]
-    latency_ms: float = float("nan")
-    fp32_latency_ms: float = float("nan")
+    # batch size -> (this candidate's median ms, FP32's median ms in the same interleaved run)
+    latency: dict[int, tuple[float, float]] = field(default_factory=dict)
     size_bytes: int = 0
     note: str = ""
     chosen: bool = False
@@ -122,8 +123,9 @@ class Candidate:
 
     @property
     def speedup(self) -> float:
-        """FP32 latency / this latency, both from one interleaved run."""
-        return self.fp32_latency_ms / self.latency_ms
+        """FP32 latency / this latency at batch 1, both from one interleaved run."""
+        mine, fp32 = self.latency[1]
+        return fp32 / mine
 
     def summary(self) -> dict[str, Any]:
         """What the report and model.json record of every candidate."""
@@ -133,8 +135,8 @@ class Candidate:
             "variant": self.variant,
             "accuracy": {k: round(v, 6) for k, v in self.accuracy.items()},
             "gate": "pass" if self.passed else "failed",
-            "batch_1_ms": round(self.latency_ms, 4),
-            "fp32_batch_1_ms": round(self.fp32_latency_ms, 4),
+            "latency_ms": {f"batch_{b}": round(ms, 4) for b, (ms, _) in self.latency.items()},
+            "fp32_latency_ms": {f"batch_{b}": round(ms, 4) for b, (_, ms) in self.latency.items()},
             "speedup": round(self.speedup, 3),
             "size_bytes": self.size_bytes,
             "nodes_fp32": len(excluded),
@@ -154,7 +156,7 @@ class Search:
     score: Scorer
     reference: dict[str, float]
     budgets: Sequence[BudgetConfig]
-    latency_feed: Feed
+    latency_feeds: dict[int, Feed]
     log: Log
     tried: list[Candidate] = field(default_factory=list)
 
@@ -206,26 +208,19 @@ class Search:
         session = open_session(path)  # every file written is loaded: no silent unloadable output
         accuracy = self.score(first_output(session, self.evaluation))
         checks = gate(accuracy, self.reference, self.budgets)
-        fp32 = open_session(self.fp32_path)
-        medians = interleaved_latency_ms(
-            {FP32: fp32, name: session}, self.latency_feed, SEARCH_RUNS
-        )
+        sessions = {FP32: open_session(self.fp32_path), name: session}
+        latency = {}
+        for batch, feed in self.latency_feeds.items():
+            medians = interleaved_latency_ms(sessions, feed, SEARCH_RUNS.get(batch, 15))
+            latency[batch] = (medians[name], medians[FP32])
         candidate = Candidate(
-            name,
-            variant,
-            path,
-            described,
-            accuracy,
-            checks,
-            medians[name],
-            medians[FP32],
-            path.stat().st_size,
+            name, variant, path, described, accuracy, checks, latency, path.stat().st_size
         )
         self.tried.append(candidate)
         budget = ", ".join(f"{c.metric} {c.value:.4g} (needs {c.bound:.4g})" for c in checks)
         self.log(
             f"    {budget}; {'pass' if candidate.passed else 'MISS'}; "
-            f"{candidate.latency_ms:.3f} ms vs fp32 {candidate.fp32_latency_ms:.3f} ms"
+            f"{latency[1][0]:.3f} ms vs fp32 {latency[1][1]:.3f} ms (batch 1)"
         )
         return candidate
 
@@ -265,9 +260,12 @@ def choose(candidates: Sequence[Candidate]) -> Candidate | None:
     passing = [c for c in candidates if c.passed]
     if passing:
         best = max(passing, key=lambda c: c.speedup)
+        why = f"kept: the fastest of {len(passing)} passing ({best.speedup:.2f}x fp32)"
     else:
         best = max(candidates, key=lambda c: min(ch.value - ch.bound for ch in c.gate))
+        why = "kept: none passed; nearest to its budget"
     best.chosen = True
+    best.note = "; ".join(part for part in (best.note, why) if part)
     return best
 
 

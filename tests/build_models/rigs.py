@@ -12,10 +12,15 @@ from onnx import TensorProto, helper, numpy_helper
 
 
 def _save(
-    nodes: list[Any], inputs: list[Any], outputs: list[Any], weights: list[Any], path: Path
+    nodes: list[Any],
+    inputs: list[Any],
+    outputs: list[Any],
+    weights: list[Any],
+    path: Path,
+    opset: int = 17,
 ) -> None:
     graph = helper.make_graph(nodes, path.stem, inputs, outputs, weights)
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=9)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)], ir_version=8)
     onnx.checker.check_model(model)
     onnx.save(model, str(path))
 
@@ -48,7 +53,7 @@ def dead_unit_mlp(path: Path) -> None:
     )
 
 
-def int32_counts_model(path: Path) -> None:
+def int32_counts_model(path: Path, opset: int = 17) -> None:
     """counts INT32 [N, 6] -> Cast -> MatMul -> Relu -> MatMul -> scores [N, 3]."""
     rng = np.random.default_rng(1)
     w0 = rng.standard_normal((6, 32)).astype(np.float32) / 4
@@ -65,10 +70,13 @@ def int32_counts_model(path: Path) -> None:
         [helper.make_tensor_value_info("scores", TensorProto.FLOAT, ["N", 3])],
         [numpy_helper.from_array(w0, "w0"), numpy_helper.from_array(w1, "w1")],
         path,
+        opset,
     )
 
 
-def tensor_project(folder: Path, model: str = "dead_unit", **overrides: Any) -> Path:
+def tensor_project(
+    folder: Path, model: str = "dead_unit", opset: int = 17, **overrides: Any
+) -> Path:
     """A user's folder: model.onnx, calib.npz, eval.npz and model.yaml; returns the YAML path."""
     folder.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(2)
@@ -76,7 +84,7 @@ def tensor_project(folder: Path, model: str = "dead_unit", **overrides: Any) -> 
         dead_unit_mlp(folder / "model.onnx")
         make = lambda n: {"x": rng.standard_normal((n, 8)).astype(np.float32)}  # noqa: E731
     else:
-        int32_counts_model(folder / "model.onnx")
+        int32_counts_model(folder / "model.onnx", opset)
         make = lambda n: {"counts": rng.integers(0, 20, (n, 6)).astype(np.int32)}  # noqa: E731
     np.savez(folder / "calib.npz", **make(64))
     np.savez(folder / "eval.npz", **make(128))

@@ -70,7 +70,8 @@ def test_fallback_moves_the_worst_node_to_fp32(fallback_build: tuple[Path, Path]
         < 97
         <= candidates[1]["accuracy"]["top1_agreement"]
     )
-    assert candidates[1]["chosen"] and candidates[1]["note"] == "fallback: 1 node(s) FP32"
+    assert candidates[1]["chosen"]
+    assert candidates[1]["note"].startswith("fallback: 1 node(s) FP32; kept: the fastest of 1")
     int8 = manifest.variants["int8"]
     assert int8.passed and int8.quantization is not None
     assert int8.quantization["nodes_excluded"] == ["fc1"]
@@ -167,3 +168,15 @@ def test_variant_from_a_file_is_gated_timed_and_served(tmp_path: Path) -> None:
     assert set(qat.latency_ms) == {"batch_1", "batch_8"}
     assert qat.sha256 == file_sha256(config.parent / "qat.onnx")
     assert "| int32-counts | int8-qat |" in (out / "report.md").read_text()
+
+
+def test_old_opset_is_upgraded_before_per_channel_quantization(tmp_path: Path) -> None:
+    """Per-channel INT8 of an opset 11 file would not load; the build upgrades it first."""
+    config = tensor_project(tmp_path / "old", model="int32_counts", opset=11)
+    out = tmp_path / "repo"
+    assert cli.main(["--config", str(config), "--out", str(out)]) == 0
+    manifest = ModelManifest.read(out / "int32-counts")
+    assert (manifest.build["opset"], manifest.build["opset_upgraded_to"]) == (11, 17)
+    int8 = manifest.variants["int8"]
+    assert int8.quantization is not None and int8.quantization["per_channel"] is True
+    open_session(out / "int32-counts" / int8.file)  # loads
