@@ -52,8 +52,3 @@ def op_counts(path: Path) -> dict[str, int]:
     graph = onnx.load(str(path), load_external_data=False).graph
     counts = Counter(node.op_type for node in graph.node)
     return {"nodes": len(graph.node), **{op: counts.get(op, 0) for op in COUNTED_OPS}}
-
-
-def top1_agreement(outputs: np.ndarray, reference: np.ndarray) -> float:
-    """Share (in %) of rows whose argmax over the last axis matches the reference."""
-    return float(np.mean(outputs.argmax(-1) == reference.argmax(-1)) * 100.0)
