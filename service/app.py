@@ -13,11 +13,13 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from service import __version__
 from service.auth import BearerAuth, load_api_keys
 from service.config import Settings
+from service.docs import install_docs
 from service.errors import install_error_handlers
 from service.inference import Inference
 from service.limits import BodyLimit
 from service.metrics import Metrics, RejectedRequests, new_registry
 from service.registry import Registry
+from service.repository import install_repository
 from service.routes import tasks, v2
 from service.routes.infer import InferRoute
 
@@ -57,6 +59,8 @@ def create_app(settings: Settings) -> FastAPI:
     install_error_handlers(app)
     app.include_router(v2.router)
     app.include_router(tasks.router)
+    install_repository(app, metrics)  # load/unload/index, EDGE_REPOSITORY_POLL_SECONDS
+    install_docs(app)  # Swagger UI and ReDoc from local assets: /docs works offline
 
     @app.get("/metrics", include_in_schema=False)
     def scrape() -> Response:

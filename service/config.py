@@ -25,6 +25,17 @@ class Settings(BaseSettings):
     default_variant: str | None = None
     """Variant used when a request names no version; unset uses each model's own default."""
 
+    onbox_seconds: float = Field(2.0, ge=0, le=120)
+    """Time budget for measuring every variant's latency here after warm-up (all models; 0: off).
+
+    Among the variants that passed the build's accuracy gate, the fastest on this box becomes
+    the default (unless default_variant is set): the build machine's figures may not hold here.
+    """
+
+    repository_poll_seconds: float | None = Field(None, gt=0)
+    """Rescan the repository this often: model folders added, changed or removed are loaded,
+    reloaded or unloaded without a restart. Unset: only POST /v2/repository/... changes models."""
+
     threads: int = Field(1, ge=1, le=64)
     """ONNX Runtime intra-op threads per session (1 measured best for batch 1 on 2 cores)."""
 

@@ -29,16 +29,20 @@ def usable_cores() -> int:
 class _Tracked:
     """The async context of one request: in flight, then counted with its status and latency."""
 
-    __slots__ = ("_bound", "_runtime", "_started")
+    __slots__ = ("_bound", "_counts", "_runtime", "_started")
 
-    def __init__(self, bound: VariantMetrics, runtime: ModelRuntime) -> None:
+    def __init__(
+        self, bound: VariantMetrics, runtime: ModelRuntime, counts: dict[ModelRuntime, int]
+    ) -> None:
         self._bound = bound
         self._runtime = runtime
+        self._counts = counts
         self._started = 0.0
 
     async def __aenter__(self) -> None:
         mark_resolved()
         self._bound.in_flight.inc()
+        self._counts[self._runtime] = self._counts.get(self._runtime, 0) + 1
         self._started = time.perf_counter()
 
     async def __aexit__(
@@ -50,6 +54,7 @@ class _Tracked:
         elapsed = time.perf_counter() - self._started
         bound = self._bound
         bound.in_flight.dec()
+        self._counts[self._runtime] -= 1
         if exc is None:
             status = "200"
         elif isinstance(exc, ServiceError | HTTPException):  # HTTPException: the body limit's 413
@@ -94,10 +99,13 @@ class Inference:
         self.slots = core_slots(usable_cores(), settings.threads)
         self._core_slots = threading.Semaphore(self.slots)
         self._lanes: dict[ModelRuntime, Lane] = {}
+        self.in_flight: dict[ModelRuntime, int] = {}
+        """Requests inside track() per runtime object (event loop only): what a reload drains."""
 
     def track(self, runtime: ModelRuntime) -> _Tracked:
         """Count the request, its outcome and its latency under the variant's labels."""
-        return _Tracked(self.metrics.variant(runtime.model, runtime.variant), runtime)
+        bound = self.metrics.variant(runtime.model, runtime.variant)
+        return _Tracked(bound, runtime, self.in_flight)
 
     def admit(self, runtime: ModelRuntime) -> Admitted:
         """Wait at the variant's gate (503 past its deadline); pass the result to run()."""
@@ -163,6 +171,13 @@ class Inference:
             batch_rows=self.batch_rows(runtime),
             observe_batch=self.metrics.variant(runtime.model, runtime.variant).batch_size.observe,
         )
+
+    def retire(self, runtime: ModelRuntime) -> None:
+        """A replaced or unloaded variant, drained: stop its lane's workers, forget it."""
+        self.in_flight.pop(runtime, None)
+        lane = self._lanes.pop(runtime, None)
+        if lane is not None:
+            lane.close()
 
     def close(self) -> None:
         """Stop every lane's workers once their queues are empty (new lanes start on demand)."""

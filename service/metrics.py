@@ -227,6 +227,23 @@ class VariantCollector(Collector):
             "GET /v2/health/ready lists them with the reason.",
             value=len(self._registry.failures()),
         )
+        onbox = GaugeMetricFamily(
+            "edge_variant_onbox_latency_seconds",
+            "Batch-1 latency of the variant measured on this machine after warm-up (median of "
+            "runs of the model's sample, interleaved across its variants; EDGE_ONBOX_SECONDS). "
+            "The build machine's figure is in the model metadata beside it.",
+            labels=LABELS,
+        )
+        default = GaugeMetricFamily(
+            "edge_variant_default",
+            "1 for the variant serving requests that name no version (chosen on this box).",
+            labels=LABELS,
+        )
+        for entry in self._registry.models.values():
+            for variant in entry.runtimes:
+                default.add_metric([entry.name, variant], float(variant == entry.default_variant))
+            for variant, ms in entry.onbox_ms.items():
+                onbox.add_metric([entry.name, variant], ms / 1000)
         for rt in self._registry.all_runtimes():
             labels = [rt.model, rt.variant]
             ready.add_metric(labels, 1.0 if rt.ready else 0.0)
@@ -241,7 +258,7 @@ class VariantCollector(Collector):
             size.add_metric(labels, rt.path.stat().st_size if rt.path.exists() else 0)
             load.add_metric([*labels, "load"], rt.facts.load_seconds)
             load.add_metric([*labels, "warmup"], rt.facts.warmup_seconds)
-        yield from (ready, failed, memory, heap, size, load)
+        yield from (ready, failed, memory, heap, size, load, onbox, default)
 
 
 class MemoryCollector(Collector):

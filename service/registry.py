@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from service.config import Settings
 from service.errors import NotFound, NotReady
-from service.manifest import MANIFEST_FILE, ModelManifest
+from service.manifest import MANIFEST_FILE, ModelManifest, file_sha256
+from service.onbox import choose_default, measure
 from service.processing import Processor
 from service.runtime import ModelRuntime, State
 
@@ -24,6 +25,12 @@ class ModelEntry:
     processor: Processor
     runtimes: dict[str, ModelRuntime]
     default_variant: str
+    manifest_sha256: str = ""
+    """sha256 of the model.json this entry was read from: polling reloads when it changes."""
+    default_reason: str = ""
+    """Why default_variant serves unversioned requests (the build's rule, re-run on this box)."""
+    onbox_ms: dict[str, float] = field(default_factory=dict)
+    """Batch-1 latency of each ready variant measured here after warm-up (empty: not measured)."""
 
     @property
     def name(self) -> str:
@@ -46,45 +53,15 @@ class Registry:
                 f"no models in repository {root.resolve()} (expected <model>/{MANIFEST_FILE}); "
                 "build one with `make models` or `python -m build_models --out DIR`"
             )
+        models: dict[str, ModelEntry] = {}
         for path in manifests:
             try:
-                manifest = ModelManifest.read(path.parent)
+                entry = self.read_entry(path.parent)
             except (ValueError, OSError) as exc:  # pydantic's ValidationError is a ValueError
-                log.error(
-                    "skipped %s: its %s is not readable by this version (%s); rebuild it with "
-                    "`make models`",
-                    path.parent.name,
-                    MANIFEST_FILE,
-                    str(exc).splitlines()[0],
-                )
+                log.error("skipped %s: %s", path.parent.name, exc)
                 continue
-            wanted = self.settings.variants or tuple(manifest.variants)
-            runtimes = {
-                name: ModelRuntime(
-                    manifest.name,
-                    name,
-                    path.parent / variant.file,
-                    variant.sha256,
-                    self.settings.threads,
-                    manifest.inputs,
-                    manifest.outputs,
-                )
-                for name, variant in manifest.variants.items()
-                if name in wanted
-            }
-            if not runtimes:
-                log.warning("model %s has none of the variants %s; skipped", manifest.name, wanted)
-                continue
-            default = self.settings.default_variant or manifest.default_variant
-            if default not in runtimes:
-                default = (
-                    manifest.default_variant
-                    if manifest.default_variant in runtimes
-                    else (next(iter(runtimes)))
-                )
-            self.models[manifest.name] = ModelEntry(
-                manifest, path.parent, Processor(manifest, path.parent), runtimes, default
-            )
+            models[entry.name] = entry
+        self.models = models
         if not self.models:
             raise RuntimeError(f"no readable model.json in repository {root.resolve()}")
         log.info(
@@ -92,18 +69,103 @@ class Registry:
             ", ".join(f"{m.name}[{','.join(m.runtimes)}]" for m in self.models.values()),
         )
 
+    def read_entry(self, directory: Path) -> ModelEntry:
+        """One model folder as a registered (not yet loaded) entry; ValueError says why not."""
+        try:
+            raw = (directory / MANIFEST_FILE).read_bytes()
+            manifest = ModelManifest.model_validate_json(raw)
+        except (ValueError, OSError) as exc:
+            raise ValueError(
+                f"its {MANIFEST_FILE} is not readable by this version "
+                f"({str(exc).splitlines()[0]}); rebuild it with `make models`"
+            ) from None
+        wanted = self.settings.variants or tuple(manifest.variants)
+        runtimes = {
+            name: ModelRuntime(
+                manifest.name,
+                name,
+                directory / variant.file,
+                variant.sha256,
+                self.settings.threads,
+                manifest.inputs,
+                manifest.outputs,
+            )
+            for name, variant in manifest.variants.items()
+            if name in wanted
+        }
+        if not runtimes:
+            raise ValueError(f"it has none of the variants {', '.join(wanted)}")
+        default = self.settings.default_variant or manifest.default_variant
+        if default not in runtimes:
+            default = (
+                manifest.default_variant
+                if manifest.default_variant in runtimes
+                else (next(iter(runtimes)))
+            )
+        return ModelEntry(
+            manifest,
+            directory,
+            Processor(manifest, directory),
+            runtimes,
+            default,
+            manifest_sha256=file_sha256(directory / MANIFEST_FILE),
+            default_reason=manifest.default_reason,
+        )
+
     def load(self) -> None:
         """Load and warm up every registered variant, one after another (blocking)."""
-        for entry in self.models.values():
-            try:
-                feed = entry.processor.sample_feed()
-            except Exception as exc:
-                for runtime in entry.runtimes.values():
-                    runtime.state, runtime.error = State.FAILED, "no usable warm-up sample"
-                log.error("model %s has no usable warm-up sample: %s", entry.name, exc)
-                continue
+        entries = list(self.models.values())
+        for entry in entries:
+            self.load_entry(entry, self.settings.onbox_seconds / max(len(entries), 1))
+
+    def load_entry(self, entry: ModelEntry, onbox_seconds: float) -> None:
+        """Load, warm up and time one model's variants on this box, then pick its default."""
+        try:
+            feed = entry.processor.sample_feed()
+        except Exception as exc:
             for runtime in entry.runtimes.values():
-                runtime.load(feed, self.settings.warmup_runs)
+                runtime.state, runtime.error = State.FAILED, "no usable warm-up sample"
+            log.error("model %s has no usable warm-up sample: %s", entry.name, exc)
+            return
+        for runtime in entry.runtimes.values():
+            runtime.load(feed, self.settings.warmup_runs)
+        if onbox_seconds > 0:
+            entry.onbox_ms = measure(entry.runtimes, feed, onbox_seconds)
+        entry.default_variant, entry.default_reason = choose_default(
+            entry.manifest, entry.runtimes, entry.onbox_ms, self.settings.default_variant
+        )
+        build = {name: v.latency_ms.get("batch_1") for name, v in entry.manifest.variants.items()}
+        log.info(
+            "%s on this box: %s; default %s (%s)",
+            entry.name,
+            ", ".join(
+                f"{name} {ms:.3f} ms (build machine {_ms(build.get(name))})"
+                for name, ms in entry.onbox_ms.items()
+            )
+            or "not timed",
+            entry.default_variant,
+            entry.default_reason,
+        )
+
+    def install(self, entry: ModelEntry) -> ModelEntry | None:
+        """Serve entry from now on; returns the entry it replaced (its requests finish on it).
+
+        Copy-on-write: threads iterating the old dict (metrics, readiness) never see it change.
+        """
+        old = self.models.get(entry.name)
+        self.models = {**self.models, entry.name: entry}
+        return old
+
+    def remove(self, model: str) -> ModelEntry | None:
+        """Stop serving a model (copy-on-write, as install); returns its entry."""
+        old = self.models.get(model)
+        self.models = {name: e for name, e in self.models.items() if name != model}
+        return old
+
+    def acceptable(self, entry: ModelEntry) -> bool:
+        """The readiness rule for one model: strict, every variant; degraded, at least one."""
+        states = [rt.ready for rt in entry.runtimes.values()]
+        return all(states) if self.settings.strict_readiness else any(states)
 
     def entry(self, model: str) -> ModelEntry:
         try:
@@ -132,16 +194,21 @@ class Registry:
     @property
     def ready(self) -> bool:
         """Strict: every variant ready. Degraded: loading done, every model has a ready one."""
-        runtimes = self.all_runtimes()
+        models = self.models  # one snapshot: a load or unload swaps the dict meanwhile
+        runtimes = [rt for entry in models.values() for rt in entry.runtimes.values()]
         if not runtimes:
             return False
         if self.settings.strict_readiness:
             return all(rt.ready for rt in runtimes)
         settled = all(rt.state in (State.READY, State.FAILED) for rt in runtimes)
         return settled and all(
-            any(rt.ready for rt in entry.runtimes.values()) for entry in self.models.values()
+            any(rt.ready for rt in entry.runtimes.values()) for entry in models.values()
         )
 
     def failures(self) -> list[ModelRuntime]:
         """Variants that failed to load (their `error` says why, without file paths)."""
         return [rt for rt in self.all_runtimes() if rt.state is State.FAILED]
+
+
+def _ms(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.3f} ms"

@@ -126,15 +126,6 @@ async def all_stats(registry: RegistryDep) -> dict[str, Any]:
     return {"model_stats": [_stats(rt) for rt in registry.all_runtimes()]}
 
 
-@router.post("/repository/index", summary="Repository index (Triton extension)")
-async def repository_index(registry: RegistryDep) -> list[dict[str, str]]:
-    return [
-        {"name": rt.model, "version": rt.variant, "state": rt.state.value.upper(),
-         "reason": rt.error or ""}
-        for rt in registry.all_runtimes()
-    ]  # fmt: skip
-
-
 @router.get("/models/{model}", summary="Model metadata (default version)")
 @router.get("/models/{model}/versions/{version}", summary="Model metadata")
 async def model_metadata(
@@ -148,7 +139,18 @@ async def model_metadata(
         "platform": "onnxruntime_onnx",
         "inputs": [spec.model_dump() for spec in entry.manifest.inputs],
         "outputs": [spec.model_dump() for spec in entry.manifest.outputs],
-        "parameters": {"task": entry.manifest.task, "default_version": entry.default_variant},
+        "parameters": {
+            "task": entry.manifest.task,
+            "default_version": entry.default_variant,
+            "default_reason": entry.default_reason,
+            # Batch-1 latency here (after warm-up) beside the build machine's figure.
+            "onbox_latency_ms": {name: round(ms, 4) for name, ms in entry.onbox_ms.items()},
+            "build_latency_ms": {
+                name: variant.latency_ms.get("batch_1")
+                for name, variant in entry.manifest.variants.items()
+                if name in entry.runtimes
+            },
+        },
     }
 
 

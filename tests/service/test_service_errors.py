@@ -327,17 +327,13 @@ def test_failed_variant_is_503(
     assert "int8" in message
 
 
-def test_default_version_readiness_follows_model_json(
-    broken_server: httpx.Client, model_repository: Path
-) -> None:
-    """No version means model.json's default, which the build picks by timing: read it."""
-    manifest = json.loads((model_repository / "digits" / "model.json").read_text())
+def test_default_version_is_a_variant_that_loaded(broken_server: httpx.Client) -> None:
+    """The default is chosen on the box among the variants that loaded: int8 broken, fp32."""
     response = broken_server.get("/v2/models/digits/ready")
-    if manifest["default_variant"] == "int8":
-        assert "int8" in assert_error(response, 503)
-    else:
-        assert response.status_code == 200, response.text
-        assert response.json()["version"] == manifest["default_variant"]
+    assert response.status_code == 200, response.text
+    assert response.json()["version"] == "fp32"
+    reason = broken_server.get("/v2/models/digits").json()["parameters"]["default_reason"]
+    assert reason.startswith("fp32 is the default"), reason
 
 
 def test_failed_variant_reason_names_the_checksum(broken_server: httpx.Client) -> None:

@@ -1,0 +1,106 @@
+"""The precision chosen on the box: each variant timed here, the build's speed rule re-run.
+
+The build picks a model's default variant by latency on the build machine (x86-64 with
+VNNI, usually); an ARM gateway or an older Atom can rank the precisions differently. After
+warm-up each ready variant runs the model's own sample, interleaved round by round so
+machine noise falls on every variant alike, within a time budget; the median is its
+latency here.
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+import time
+from collections.abc import Mapping
+
+from service.manifest import ModelManifest
+from service.runtime import Feed, ModelRuntime
+
+# Mirrors build_models.search.TIE_MARGIN and default_variant() (the service must not import
+# build-time code): a variant must beat fp32 by more than this share, else fp32 stays.
+TIE_MARGIN = 0.05
+FP32 = "fp32"
+# Rounds of the interleaved timing: enough for a stable median, few enough for big models.
+MIN_ROUNDS = 3
+MAX_ROUNDS = 200
+
+
+def measure(runtimes: Mapping[str, ModelRuntime], feed: Feed, budget: float) -> dict[str, float]:
+    """Median batch-1 latency (ms) of each ready variant, interleaved, within budget seconds.
+
+    Where even MIN_ROUNDS would overrun the budget (a 200 ms OCR model on a slow box), the
+    figure the load already measured (ModelRuntime.facts.row_seconds, fastest of a few) stands.
+    """
+    ready = {name: rt for name, rt in runtimes.items() if rt.ready}
+    if not ready:
+        return {}
+    rows = next(iter(feed.values())).shape[0] if feed else 1
+    per_round = sum(rt.facts.row_seconds * rows for rt in ready.values())
+    rounds = MAX_ROUNDS if per_round <= 0 else min(MAX_ROUNDS, int(budget / per_round))
+    if rounds < MIN_ROUNDS:
+        return {name: rt.facts.row_seconds * rows * 1000 for name, rt in ready.items()}
+    samples: dict[str, list[float]] = {name: [] for name in ready}
+    deadline = time.perf_counter() + budget
+    for _ in range(rounds):
+        for name, runtime in ready.items():
+            started = time.perf_counter()
+            runtime.predict(feed)
+            samples[name].append(time.perf_counter() - started)
+        if time.perf_counter() > deadline and len(samples[name]) >= MIN_ROUNDS:
+            break
+    return {name: statistics.median(times) * 1000 for name, times in samples.items()}
+
+
+def choose_default(
+    manifest: ModelManifest,
+    runtimes: Mapping[str, ModelRuntime],
+    onbox_ms: Mapping[str, float],
+    override: str | None,
+) -> tuple[str, str]:
+    """The variant serving unversioned requests here, and one sentence on why."""
+    if override is not None and override in runtimes:
+        return override, f"{override} is the default: EDGE_DEFAULT_VARIANT says so."
+    build = manifest.default_variant
+    passing = [
+        name
+        for name, ms in onbox_ms.items()
+        if name in manifest.variants and manifest.variants[name].passed and math.isfinite(ms)
+    ]
+    if not passing:
+        fallback = build if build in runtimes else next(iter(runtimes))
+        ready = [name for name, rt in runtimes.items() if rt.ready]
+        if not runtimes[fallback].ready and ready:
+            fallback = ready[0]
+        why = manifest.default_reason or "the build's choice"
+        return fallback, f"{fallback} is the default: not timed on this box; build: {why}"
+    if FP32 not in passing:  # no reference here (fp32 not loaded): simply the fastest
+        winner = min(passing, key=lambda name: onbox_ms[name])
+        return winner, (
+            f"{winner} is the default: the fastest here of the variants that passed their "
+            f"accuracy budget ({_figures(passing, onbox_ms)}, batch 1; "
+            f"build machine chose {build})."
+        )
+    fp32 = onbox_ms[FP32]
+    faster = [n for n in passing if n == FP32 or onbox_ms[n] < fp32 * (1 - TIE_MARGIN)]
+    winner = min(faster, key=lambda name: onbox_ms[name])
+    if winner == FP32:
+        others = [n for n in passing if n != FP32]
+        if not others:
+            return winner, (
+                f"fp32 is the default: no other variant passed and loaded here (build: {build})."
+            )
+        return winner, (
+            f"fp32 is the default: no variant that passed its accuracy budget was over "
+            f"{TIE_MARGIN:.0%} faster on this box ({_figures(passing, onbox_ms)}, batch 1; "
+            f"build machine chose {build})."
+        )
+    return winner, (
+        f"{winner} is the default: it passed its accuracy budget and ran "
+        f"{fp32 / onbox_ms[winner]:.2f}x faster than fp32 on this box "
+        f"({onbox_ms[winner]:.3f} vs {fp32:.3f} ms, batch 1; build machine chose {build})."
+    )
+
+
+def _figures(names: list[str], onbox_ms: Mapping[str, float]) -> str:
+    return ", ".join(f"{name} {onbox_ms[name]:.3f} ms" for name in sorted(names))
