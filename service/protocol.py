@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 import struct
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Any
 
@@ -12,6 +12,7 @@ import numpy as np
 import orjson
 from pydantic import BaseModel, ConfigDict, Field
 
+from service.classification import class_counts
 from service.errors import BadRequest
 
 HEADER_LENGTH = "Inference-Header-Content-Length"
@@ -121,6 +122,8 @@ class DecodedRequest:
     outputs: list[str] | None
     binary_outputs: dict[str, bool]
     binary_default: bool
+    class_counts: dict[str, int] = field(default_factory=dict)
+    """Outputs asked for as top-k classes (Triton's classification extension)."""
 
     def wants_binary(self, output: str) -> bool:
         """Per-output binary_data wins over the request's binary_data_output."""
@@ -191,6 +194,7 @@ def decode_request(body: bytes, header_length: str | None = None) -> DecodedRequ
         outputs=[name for name, _ in outputs] if outputs else None,
         binary_outputs=binary_outputs,
         binary_default=bool(params.get("binary_data_output", False)),
+        class_counts=class_counts(outputs) if outputs else {},
     )
 
 

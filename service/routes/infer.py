@@ -17,6 +17,7 @@ import zlib
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from service.classification import classify, labels_of
 from service.config import Settings
 from service.errors import BadRequest, PayloadTooLarge, ServiceError, error_headers
 from service.inference import Inference
@@ -49,6 +50,8 @@ async def infer_response(
         # Admitted before decoding: a request that cannot be served soon costs no decode.
         decoded = await decode_body(body, header_length, encoding, settings.max_request_bytes)
         outputs = await inference.run(runtime, decoded.inputs, decoded.outputs, admitted)
+        if decoded.class_counts:
+            outputs = classify(outputs, decoded.class_counts, labels_of(registry.entry(model)))
         if any(
             array.size > OFFLOAD_OUTPUT_VALUES and not decoded.wants_binary(name)
             for name, array in outputs.items()
