@@ -155,16 +155,18 @@ def encode_texts(tokenizer: Tokenizer, texts: list[str], inputs: Mapping[str, st
 def image_tensor(pre: ImagePreprocessing, image: Image.Image) -> np.ndarray:
     """CHW (or HWC) float32 following the manifest: resize, invert, scale, normalise."""
     image = _resized(pre, image.convert("RGB" if pre.color == "BGR" else pre.color))
-    pixels = np.asarray(image, dtype=np.float32)
+    # In 0..1 first, then scale * 255: the same maths as (pixel * scale), computed the classic
+    # way so that 1/255 models get exactly the float inputs their exporters saw.
+    pixels = np.asarray(image, dtype=np.float32) / 255.0
     if pixels.ndim == 2:
         pixels = pixels[:, :, None]
     elif pre.color == "BGR":
         pixels = pixels[:, :, ::-1]
     if pre.invert:
-        pixels = 255.0 - pixels
+        pixels = 1.0 - pixels
     mean = np.asarray(pre.mean, dtype=np.float32)
     std = np.asarray(pre.std, dtype=np.float32)
-    hwc = (pixels * np.float32(pre.scale) - mean) / std
+    hwc = (pixels * np.float32(pre.scale * 255.0) - mean) / std
     if hwc.shape[1] < pre.width:  # keep-aspect: pad on the right with zeros after normalising
         hwc = np.pad(hwc, ((0, 0), (0, pre.width - hwc.shape[1]), (0, 0)))
     out = hwc if pre.layout == "NHWC" else hwc.transpose(2, 0, 1)
