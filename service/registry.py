@@ -31,6 +31,8 @@ class ModelEntry:
     """Why default_variant serves unversioned requests (the build's rule, re-run on this box)."""
     onbox_ms: dict[str, float] = field(default_factory=dict)
     """Batch-1 latency of each ready variant measured here after warm-up (empty: not measured)."""
+    settled: bool = False
+    """Loading, timing and the choice of default are done: readiness waits for this."""
 
     @property
     def name(self) -> str:
@@ -126,6 +128,7 @@ class Registry:
             for runtime in entry.runtimes.values():
                 runtime.state, runtime.error = State.FAILED, "no usable warm-up sample"
             log.error("model %s has no usable warm-up sample: %s", entry.name, exc)
+            entry.settled = True
             return
         for runtime in entry.runtimes.values():
             runtime.load(feed, self.settings.warmup_runs)
@@ -146,6 +149,7 @@ class Registry:
             entry.default_variant,
             entry.default_reason,
         )
+        entry.settled = True
 
     def install(self, entry: ModelEntry) -> ModelEntry | None:
         """Serve entry from now on; returns the entry it replaced (its requests finish on it).
@@ -196,8 +200,8 @@ class Registry:
         """Strict: every variant ready. Degraded: loading done, every model has a ready one."""
         models = self.models  # one snapshot: a load or unload swaps the dict meanwhile
         runtimes = [rt for entry in models.values() for rt in entry.runtimes.values()]
-        if not runtimes:
-            return False
+        if not runtimes or not all(entry.settled for entry in models.values()):
+            return False  # the default is chosen after warm-up: it must not change once ready
         if self.settings.strict_readiness:
             return all(rt.ready for rt in runtimes)
         settled = all(rt.state in (State.READY, State.FAILED) for rt in runtimes)
