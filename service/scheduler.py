@@ -176,7 +176,7 @@ class Lane:
         self, feed: Feed, outputs: list[str] | None, rows: int, arrived: float
     ) -> Done:
         """Queue one validated, admitted request and wait for its rows."""
-        if rows * self.row_seconds < INLINE_SECONDS and not self._queue:
+        if rows * self.runtime.facts.row_seconds < INLINE_SECONDS and not self._queue:
             done = self._inline(feed, outputs, rows, arrived)
             if done is not None:
                 return done
@@ -199,8 +199,9 @@ class Lane:
         """Run here, on the event loop, when that is cheaper than handing over to a worker.
 
         Measured on one shared core (bench/README.md): waking a worker thread and waking the
-        loop back costs ~0.2 ms, several times a digits run. A free core slot is still needed,
-        so the cores are never oversubscribed; without one the request queues as usual.
+        loop back costs ~0.2 ms, several times a digits run. The choice uses the load-time
+        row cost, so it does not flap with noise. A free core slot is still needed, so the
+        cores are never oversubscribed; without one the request queues as usual.
         """
         if not self._slots.acquire(blocking=False):
             return None
