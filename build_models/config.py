@@ -217,7 +217,7 @@ class ModelConfig(_Config):
     preprocessing: ImagePreprocessingConfig | None = None
     text: TextConfig | None = None
     ctc: CtcConfig | None = None
-    calibration: DataConfig | None = None
+    calibration: DataConfig = Field(description="data static quantization calibrates on")
     evaluation: DataConfig | None = None
     budget: BudgetConfig | list[BudgetConfig] | None = None
     quantization: QuantizationConfig = Field(default_factory=QuantizationConfig)
@@ -247,8 +247,6 @@ class ModelConfig(_Config):
         reserved = {"fp32", "int8", "int8-dynamic"} & set(self.variants)
         if reserved:
             raise ValueError(f"variants {sorted(reserved)} are built here; pick other names")
-        if self.calibration is None:
-            raise ValueError("give calibration data: static quantization calibrates on it")
         return self
 
     @property

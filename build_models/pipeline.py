@@ -10,6 +10,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import onnx
 import onnxruntime as ort
 from onnx import version_converter
@@ -19,8 +20,7 @@ from build_models.config import ModelConfig, OnnxSource, PluginSource, reference
 from build_models.data import Dataset, load_dataset
 from build_models.evaluate import first_output, interleaved_latency_ms, op_counts
 from build_models.plugins import SourceOutput, source_plugin
-from build_models.recipe import DynamicRecipe
-from build_models.search import FP32, Candidate, Search, default_variant
+from build_models.search import FP32, Candidate, Search, default_variant, dynamic_recipe
 from build_models.tasks import TaskAdapter
 from service.manifest import MANIFEST_FILE, ModelManifest, Variant, file_sha256
 from service.sessions import open_session
@@ -106,14 +106,13 @@ def _build(config: ModelConfig, base: Path, model_dir: Path, log: Log, digest: s
 
     calibration, evaluation, data_note = _data(config, base)
     log(f"[{name}] data: {len(calibration)} calibration, {len(evaluation)} evaluation items")
-    assert config.calibration is not None
     calibration_feeds = adapter.feeds(calibration, config.calibration.batch_size)
     evaluation_feeds = adapter.feeds(evaluation, EVALUATION_BATCH)
     reference = first_output(open_session(fp32_path), evaluation_feeds)
     truth = evaluation.truth
 
-    def score(outputs: object) -> dict[str, float]:
-        return adapter.score(outputs, reference, truth)  # type: ignore[arg-type]
+    def score(outputs: np.ndarray) -> dict[str, float]:
+        return adapter.score(outputs, reference, truth)
 
     fp32_accuracy = score(reference)
     budgets = config.budgets or adapter.default_budgets(truth is not None)
@@ -132,27 +131,8 @@ def _build(config: ModelConfig, base: Path, model_dir: Path, log: Log, digest: s
     log(f"[{name}] searching INT8 recipes (budget: {', '.join(b.metric for b in budgets)})")
     chosen = [c for c in [search.static(config.quantization)] if c is not None]
     if config.quantization.allow_dynamic:
-        dynamic = config.quantization.dynamic
-        chosen.append(
-            search.dynamic(
-                DynamicRecipe(
-                    name="dynamic-per-channel" if dynamic.per_channel else "dynamic",
-                    weight_type=dynamic.weight_type,
-                    per_channel=dynamic.per_channel,
-                    reduce_range=dynamic.reduce_range,
-                    op_types_to_quantize=tuple(dynamic.op_types_to_quantize or ()) or None,
-                    extra_options=(
-                        {"DefaultTensorType": onnx.TensorProto.FLOAT}
-                        if dynamic.float_default_tensor_type
-                        else {}
-                    ),
-                )
-            )
-        )
-        chosen[-1].chosen = True
-    for variant, file in config.variants.items():
-        chosen.append(search.provided(variant, base / file.onnx))
-        chosen[-1].chosen = True
+        chosen.append(search.dynamic(dynamic_recipe(config.quantization.dynamic)))
+    chosen.extend(search.provided(variant, base / f.onnx) for variant, f in config.variants.items())
 
     paths = {FP32: fp32_path}
     for candidate in chosen:
@@ -254,7 +234,6 @@ def _fp32(config: ModelConfig, base: Path, out: Path) -> SourceOutput:
 
 def _data(config: ModelConfig, base: Path) -> tuple[Dataset, Dataset, dict[str, str]]:
     """Calibration and evaluation sets; without evaluation data, a held-out calibration share."""
-    assert config.calibration is not None
     calibration = load_dataset(config.calibration, base)
     if config.evaluation is not None:
         evaluation = load_dataset(config.evaluation, base)

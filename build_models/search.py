@@ -19,7 +19,7 @@ import numpy as np
 import onnx
 
 from build_models.calibration import Feed, FeedReader
-from build_models.config import BudgetConfig, QuantizationConfig, RecipeConfig
+from build_models.config import BudgetConfig, DynamicConfig, QuantizationConfig, RecipeConfig
 from build_models.evaluate import first_output, interleaved_latency_ms
 from build_models.plugins import edit_plugin, rule_plugin
 from build_models.quantize import preprocess, quantize_dynamic_int8, quantize_static_qdq
@@ -70,6 +70,22 @@ def static_recipe(config: RecipeConfig, batches: int) -> StaticRecipe:
         # Strided calibration bounds memory: a few batches' activations at a time.
         extra_options={"CalibStridedMinMax": calibration_stride(batches), **config.extra_options},
         skip_symbolic_shape=config.skip_symbolic_shape,
+    )
+
+
+def dynamic_recipe(config: DynamicConfig) -> DynamicRecipe:
+    """The config's quantize_dynamic recipe."""
+    return DynamicRecipe(
+        name="dynamic-per-channel" if config.per_channel else "dynamic",
+        weight_type=config.weight_type,
+        per_channel=config.per_channel,
+        reduce_range=config.reduce_range,
+        op_types_to_quantize=tuple(config.op_types_to_quantize or ()) or None,
+        extra_options=(
+            {"DefaultTensorType": onnx.TensorProto.FLOAT}
+            if config.float_default_tensor_type
+            else {}
+        ),
     )
 
 
@@ -185,12 +201,16 @@ class Search:
         path = self.workdir / "dynamic" / "model.onnx"
         self.log(f"  candidate {recipe.name}: quantize_dynamic")
         described = quantize_dynamic_int8(self.fp32_path, path, recipe)
-        return self._measure(recipe.name, "int8-dynamic", path, described)
+        candidate = self._measure(recipe.name, "int8-dynamic", path, described)
+        candidate.chosen = True  # the one dynamic candidate
+        return candidate
 
     def provided(self, variant: str, path: Path) -> Candidate:
         """A variant that arrived as a file (QAT, or quantized elsewhere)."""
         self.log(f"  variant {variant}: provided file {path.name}")
-        return self._measure(f"file:{path.name}", variant, path, {"method": "provided"})
+        candidate = self._measure(f"file:{path.name}", variant, path, {"method": "provided"})
+        candidate.chosen = True  # served as given
+        return candidate
 
     def _static_candidate(
         self, recipe: StaticRecipe, prepared: Path, tag: str, note: str = ""
