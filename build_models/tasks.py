@@ -105,9 +105,9 @@ class TaskAdapter:
     def dynamic_batch(self) -> bool:
         return all(spec.shape[:1] == [-1] for spec in self.inputs)
 
-    @property
+    @cached_property
     def labels(self) -> list[str] | None:
-        """The labels from the config, a file, or the model's metadata."""
+        """The labels from the config, a file, or the model's metadata (read once)."""
         config = self.config
         if config.labels is not None:
             return list(config.labels)
