@@ -534,6 +534,30 @@ def _method(summary: dict[str, Any]) -> list[str]:
     return items
 
 
+def _status(run: dict[str, Any]) -> str:
+    """The run's error, or "ok"; a run where Locust was CPU-bound says so."""
+    status = run["error"] or "ok"
+    if cpu_bound(run):
+        status += f" (Locust CPU-bound: {run['locust']['cpu_share']:.0%} of a core)"
+    return status
+
+
+def cpu_bound(run: dict[str, Any]) -> bool:
+    return bool(run.get("locust", {}).get("cpu_bound"))
+
+
+def locust_warnings(summary: dict[str, Any]) -> list[str]:
+    """One line per run in which Locust used >= 90% of its core: it measured the generator."""
+    return [
+        f"**Locust was CPU-bound** in {run['model']} / {run['run']} "
+        f"({run['locust']['cpu_share']:.0%} of one core): that run measured the load "
+        "generator, not the service; its req/s and latency are a floor on what the service "
+        "does. Rerun with fewer users, or Locust on a faster core or distributed."
+        for run in summary["runs"]
+        if cpu_bound(run)
+    ]
+
+
 def _files(summary: dict[str, Any]) -> Table:
     rows = []
     for run in summary["runs"]:
@@ -541,7 +565,7 @@ def _files(summary: dict[str, Any]) -> Table:
         rows.append(
             [run["model"], run["run"], files.get("locust_html", "–"),
              files.get("stats_csv", "–"), files.get("history_csv", "–"),
-             files.get("failures_csv", "–"), run["error"] or "ok"]
+             files.get("failures_csv", "–"), _status(run)]
         )  # fmt: skip
     return Table(
         ["model", "run", "Locust HTML", "stats CSV", "stats history CSV", "failures CSV",
@@ -554,7 +578,7 @@ def _files(summary: dict[str, Any]) -> Table:
 def build_sections(summary: dict[str, Any], charts: bool = True) -> list[Section]:
     results = summary["results"]
     sections = [
-        Section("Which to ship", [*reading(summary)]),
+        Section("Which to ship", [*locust_warnings(summary), *reading(summary)]),
         Section(
             "Results",
             [

@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import subprocess
 import sys
 import time
@@ -249,6 +250,9 @@ def run_locust(
     print(f"[loadtests] {load.model} {label}: {opts.users} users for {opts.duration} s", flush=True)
     before = prom.scrape(base_url)
     started = time.time()
+    # Children's rusage grows by Locust's CPU when it is reaped (the service is never reaped
+    # during a run): a run where Locust used a whole core measured Locust, not the service.
+    children = resource.getrusage(resource.RUSAGE_CHILDREN)
     with (
         prom.Poller(base_url) as poller,
         (run_dir / "locust.log").open("wb") as log,
@@ -266,6 +270,8 @@ def run_locust(
             process.kill()
             code = process.wait()
     finished = time.time()
+    reaped = resource.getrusage(resource.RUSAGE_CHILDREN)
+    locust_cpu = (reaped.ru_utime - children.ru_utime) + (reaped.ru_stime - children.ru_stime)
     after = prom.scrape(base_url)
     return RunRecord(
         model=load.model,
@@ -278,6 +284,7 @@ def run_locust(
         before=before,
         after=after,
         polls=poller.snapshots,
+        locust_cpu_seconds=locust_cpu,
     )
 
 

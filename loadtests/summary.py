@@ -57,6 +57,8 @@ class RunRecord:
     before: prom.Snapshot
     after: prom.Snapshot
     polls: list[prom.Snapshot]
+    locust_cpu_seconds: float | None = None
+    """CPU time (user + system) of the Locust process over the run, from its rusage."""
 
     @property
     def kind(self) -> str:
@@ -176,6 +178,23 @@ def _kind(name: str) -> str:
     return name.split(" ", 1)[1] if " " in name else name
 
 
+LOCUST_CPU_BOUND = 0.90
+"""Locust (one process, one core) at or above this share of a core measures itself."""
+
+
+def locust_cpu(record: RunRecord) -> dict[str, Any]:
+    """Locust's CPU share of one core over the run; cpu_bound flags a run that measured it."""
+    wall = record.finished - record.started
+    if record.locust_cpu_seconds is None or wall <= 0:
+        return {"cpu_seconds": None, "cpu_share": None, "cpu_bound": False}
+    share = record.locust_cpu_seconds / wall
+    return {
+        "cpu_seconds": round(record.locust_cpu_seconds, 3),
+        "cpu_share": round(share, 3),
+        "cpu_bound": share >= LOCUST_CPU_BOUND,
+    }
+
+
 def summarize_run(
     record: RunRecord, memory: dict[tuple[str, str], dict[str, float]]
 ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
@@ -201,6 +220,7 @@ def summarize_run(
         error = "Locust sent no requests (see locust.log)"
     cpu_per_request = cpu / server_requests if server_requests else None
     run_row: dict[str, Any] = {
+        "locust": locust_cpu(record),
         "model": record.model,
         "run": record.label,
         "kind": record.kind,

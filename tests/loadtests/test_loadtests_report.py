@@ -13,7 +13,8 @@ from pathlib import Path
 import pytest
 
 from loadtests import prom
-from loadtests.summary import ratio, ratios, throughput_series
+from loadtests.report import _files, locust_warnings
+from loadtests.summary import RunRecord, locust_cpu, ratio, ratios, throughput_series
 
 INF = math.inf
 EXPOSITION = """\
@@ -155,6 +156,38 @@ def test_throughput_series_is_the_rate_between_history_rows() -> None:
     assert series["fp32"] == [[1.0, 10.0], [3.0, 0.0]]
 
 
+def record(cpu: float | None, wall: float = 10.0) -> RunRecord:
+    """A run's record with only the timing that the Locust CPU check reads."""
+    return RunRecord(
+        model="digits", label="fp32", variants=["fp32"], directory=Path("."), started=100.0,
+        finished=100.0 + wall, exit_code=0, before=None, after=None, polls=[],  # type: ignore[arg-type]
+        locust_cpu_seconds=cpu,
+    )  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("cpu", "bound"), [(9.5, True), (9.0, True), (8.9, False), (2.0, False), (None, False)]
+)
+def test_a_run_where_locust_used_90_percent_of_a_core_is_flagged(
+    cpu: float | None, bound: bool
+) -> None:
+    assert locust_cpu(record(cpu))["cpu_bound"] is bound
+
+
+def test_the_report_says_which_runs_measured_locust() -> None:
+    """The flag leads "Which to ship" and marks the run's status in the files table."""
+    runs = [
+        {"model": "digits", "run": "fp32", "error": None, "files": {},
+         "locust": locust_cpu(record(9.6))},
+        {"model": "digits", "run": "int8", "error": None, "files": {},
+         "locust": locust_cpu(record(3.0))},
+    ]  # fmt: skip
+    (warning,) = locust_warnings({"runs": runs})
+    assert "Locust was CPU-bound** in digits / fp32 (96% of one core)" in warning
+    status = [row[-1] for row in _files({"runs": runs}).rows]
+    assert status == ["ok (Locust CPU-bound: 96% of a core)", "ok"]
+
+
 # --- end to end ---------------------------------------------------------------------------
 
 CHROMIUM_FLAGS = [
@@ -180,6 +213,8 @@ def test_runner_writes_a_report_that_renders(model_repository: Path, tmp_path: P
         ("fp32", None), ("int8", None), ("mixed", None)
     ]  # fmt: skip
     assert summary["pinning"]
+    for run in summary["runs"]:  # Locust's own CPU is measured for every run
+        assert run["locust"]["cpu_seconds"] > 0 and 0 < run["locust"]["cpu_share"], run["locust"]
     keys = {(r["variant"], r["run"]) for r in summary["results"]}
     assert keys == {("fp32", "alone"), ("int8", "alone"), ("fp32", "mixed"), ("int8", "mixed")}
     for row in summary["results"]:
