@@ -95,6 +95,17 @@ def main() -> int:
     manifest: dict[str, Any] = json.loads((args.models / args.model / "model.json").read_text())
     status, _, body = request(f"{base}/v2/models/{args.model}")
     check(status == 200, f"GET /v2/models/{args.model} -> {status}")
+    if status == 200:  # the precision chosen on this box, beside the build machine's figures
+        params = json.loads(body).get("parameters", {})
+        onbox, build = params.get("onbox_latency_ms", {}), params.get("build_latency_ms", {})
+        figures = ", ".join(
+            f"{name} {ms:.3f} ms (build machine {build.get(name, float('nan')):.3f} ms)"
+            for name, ms in sorted(onbox.items())
+        )
+        default, reason = params.get("default_version"), params.get("default_reason", "")
+        print(f"on-box latency ({args.label}): {figures or 'not measured'}; default {default}")
+        print(f"  why: {reason}")
+        check(bool(onbox), "each variant timed on this box at start-up")
 
     sample = manifest["samples"][0]
     png = args.models / args.model / sample["file"]
