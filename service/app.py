@@ -69,7 +69,13 @@ def create_app(settings: Settings) -> FastAPI:
 
     # Innermost: the lean v2 infer route, behind the body limit, auth and rejected counting.
     app.add_middleware(InferRoute, registry=registry, inference=inference, settings=settings)
-    app.add_middleware(BodyLimit, limit=settings.max_request_bytes)
+    app.add_middleware(
+        BodyLimit,
+        limit=settings.max_request_bytes,
+        timeout=settings.body_timeout_seconds,
+        # Room for every sentence at its longest, each character \uXXXX-escaped, plus the envelope.
+        embed_limit=settings.max_sentences * (settings.max_sentence_chars * 6 + 8) + 1024,
+    )
     app.add_middleware(
         BearerAuth, keys=load_api_keys(settings), protect_metrics=settings.protect_metrics
     )

@@ -93,6 +93,38 @@ class Settings(BaseSettings):
     strict_readiness: bool = True
     """Ready only when every variant loaded (Triton's default); false: each model has one."""
 
+    # --- bounds on what one request may make the server hold (service/bounds.py) ----------
+
+    max_tensor_rank: int = Field(8, ge=1, le=32)
+    """Most dimensions one input tensor may declare (numpy's own limit is 64)."""
+
+    max_tensor_elements: int = Field(4 * 1024 * 1024, ge=1)
+    """Most elements one input tensor may declare, checked from its shape before allocation."""
+
+    max_tensor_bytes: int = Field(32 * 1024 * 1024, ge=1)
+    """Most bytes one decoded input tensor may take (elements x datatype size)."""
+
+    max_json_values: int = Field(2 * 1024 * 1024, ge=1)
+    """Most values a JSON request body may hold, counted before it is parsed into Python objects."""
+
+    max_json_output_values: int = Field(1024 * 1024, ge=1)
+    """Most values one response may write as JSON; larger outputs must be asked for as binary."""
+
+    max_sentences: int = Field(64, ge=1)
+    """Most sentences one /tasks/{model}/embed request may send."""
+
+    max_sentence_chars: int = Field(10_000, ge=1)
+    """Longest sentence (in characters) /tasks/{model}/embed accepts."""
+
+    max_image_pixels: int = Field(16_000_000, ge=1)
+    """Largest image (width x height) a task endpoint decodes, read from its header first."""
+
+    body_timeout_seconds: float = Field(30.0, gt=0)
+    """Longest time a client may take to send its request body; then 408."""
+
+    drain_seconds: int = Field(30, ge=1, le=600)
+    """After SIGTERM: how long in-flight requests may take before the process exits anyway."""
+
     @field_validator("variants", "api_keys", mode="before")
     @classmethod
     def _split_variants(cls, value: object) -> object:

@@ -40,6 +40,18 @@ class PayloadTooLarge(ServiceError):
     status_code = 413
 
 
+class UnsupportedMediaType(ServiceError):
+    """An upload in a format the service does not decode (task images: PNG or JPEG)."""
+
+    status_code = 415
+
+
+class InferenceFailed(ServiceError):
+    """ONNX Runtime failed on an input the model's spec accepts: the server's fault."""
+
+    status_code = 500
+
+
 class NotReady(ServiceError):
     """The model (or the server) is still loading, or failed to load."""
 

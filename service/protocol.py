@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 import struct
 from dataclasses import dataclass, field
 from functools import lru_cache
@@ -12,6 +11,7 @@ import numpy as np
 import orjson
 from pydantic import BaseModel, ConfigDict, Field
 
+from service.bounds import DEFAULT_LIMITS, Limits, check_cast, check_json_values, element_count
 from service.classification import class_counts
 from service.errors import BadRequest
 
@@ -155,13 +155,15 @@ def split_body(body: bytes, header_length: str | None) -> tuple[memoryview, memo
     return view[:length], view[length:]
 
 
-def decode_request(body: bytes, header_length: str | None = None) -> DecodedRequest:
+def decode_request(
+    body: bytes, header_length: str | None = None, limits: Limits = DEFAULT_LIMITS
+) -> DecodedRequest:
     """Parse a v2 infer body (JSON, or JSON header + binary tensors) into numpy arrays."""
     header, binary = split_body(body, header_length)
     if binary:  # a binary request's header repeats from call to call: parse it once
-        request_id, params, tensors, outputs = _parsed_header(bytes(header))
+        request_id, params, tensors, outputs = _parsed_header(bytes(header), limits)
     else:
-        request_id, params, tensors, outputs = _parse_header(header)
+        request_id, params, tensors, outputs = _parse_header(header, limits)
     offset = 0
     inputs: dict[str, np.ndarray] = {}
     for tensor in tensors:
@@ -176,10 +178,10 @@ def decode_request(body: bytes, header_length: str | None = None) -> DecodedRequ
                     f"input '{tensor.name}': binary_data_size {size} runs past the "
                     f"{len(binary)} bytes of binary data"
                 )
-            inputs[tensor.name] = _from_binary(tensor, binary[offset : offset + size])
+            inputs[tensor.name] = _from_binary(tensor, binary[offset : offset + size], limits)
             offset += size
         else:
-            inputs[tensor.name] = _from_json(tensor)
+            inputs[tensor.name] = _from_json(tensor, limits)
     if offset != len(binary):
         raise BadRequest(f"{len(binary) - offset} bytes of binary data belong to no input")
 
@@ -201,7 +203,8 @@ def decode_request(body: bytes, header_length: str | None = None) -> DecodedRequ
 _Header = tuple[str | None, dict[str, Any], list[_Tensor], list[tuple[str, dict[str, Any]]] | None]
 
 
-def _parse_header(header: bytes | memoryview) -> _Header:
+def _parse_header(header: bytes | memoryview, limits: Limits) -> _Header:
+    check_json_values(header, limits)  # before orjson turns every value into a Python object
     try:
         request = orjson.loads(header)
     except orjson.JSONDecodeError as exc:
@@ -210,9 +213,9 @@ def _parse_header(header: bytes | memoryview) -> _Header:
 
 
 @lru_cache(maxsize=256)
-def _parsed_header(header: bytes) -> _Header:
+def _parsed_header(header: bytes, limits: Limits) -> _Header:
     """Binary requests' JSON headers, parsed and checked once (read-only once cached)."""
-    return _parse_header(header)
+    return _parse_header(header, limits)
 
 
 def _malformed(where: str, problem: str) -> BadRequest:
@@ -297,16 +300,17 @@ def _dtype(tensor: _Tensor) -> np.dtype[Any]:
         ) from None
 
 
-def _element_count(tensor: _Tensor) -> int:
-    if any(dim < 0 for dim in tensor.shape):
-        raise BadRequest(f"input '{tensor.name}': shape {tensor.shape} has a negative dimension")
-    return math.prod(tensor.shape)
+def _element_count(tensor: _Tensor, dtype: np.dtype[Any], limits: Limits) -> int:
+    """Checked against rank, element and byte limits before any array exists (BYTES: count only)."""
+    itemsize = 0 if tensor.datatype == "BYTES" else dtype.itemsize
+    return element_count(tensor.name, tensor.shape, itemsize, limits)
 
 
-def _from_binary(tensor: _Tensor, raw: memoryview) -> np.ndarray:
-    dtype, count = _dtype(tensor), _element_count(tensor)
+def _from_binary(tensor: _Tensor, raw: memoryview, limits: Limits) -> np.ndarray:
+    dtype = _dtype(tensor)
+    count = _element_count(tensor, dtype, limits)
     if tensor.datatype == "BYTES":
-        elements = _unpack_bytes(tensor.name, raw)
+        elements = _unpack_bytes(tensor.name, raw, count)
         if len(elements) != count:
             raise BadRequest(
                 f"input '{tensor.name}': {len(elements)} BYTES elements for shape {tensor.shape}"
@@ -320,10 +324,13 @@ def _from_binary(tensor: _Tensor, raw: memoryview) -> np.ndarray:
     return np.frombuffer(raw, dtype=dtype).reshape(tensor.shape)
 
 
-def _unpack_bytes(name: str, raw: memoryview) -> list[bytes]:
+def _unpack_bytes(name: str, raw: memoryview, count: int) -> list[bytes]:
     """BYTES elements on the wire: a 4-byte little-endian length, then the bytes."""
-    elements, offset = [], 0
+    elements: list[bytes] = []
+    offset = 0
     while offset < len(raw):
+        if len(elements) == count:  # more than the shape holds: stop before building them all
+            raise BadRequest(f"input '{name}': more BYTES elements than its shape holds")
         if offset + 4 > len(raw):
             raise BadRequest(f"input '{name}': truncated BYTES element length")
         (length,) = struct.unpack_from("<I", raw, offset)
@@ -335,8 +342,9 @@ def _unpack_bytes(name: str, raw: memoryview) -> list[bytes]:
     return elements
 
 
-def _from_json(tensor: _Tensor) -> np.ndarray:
-    dtype, count = _dtype(tensor), _element_count(tensor)
+def _from_json(tensor: _Tensor, limits: Limits) -> np.ndarray:
+    dtype = _dtype(tensor)
+    count = _element_count(tensor, dtype, limits)
     if tensor.data is None:
         raise BadRequest(f"input '{tensor.name}' has neither data nor binary_data_size")
     if tensor.datatype == "BYTES":
@@ -358,11 +366,16 @@ def _from_json(tensor: _Tensor) -> np.ndarray:
 
 
 def _flatten(data: Any) -> Any:
-    if isinstance(data, list):
-        for item in data:
-            yield from _flatten(item)
-    else:
-        yield data
+    """Leaves of nested lists, depth-first, without recursion (JSON may nest ~1000 deep)."""
+    stack = [iter((data,))]
+    while stack:
+        for item in stack[-1]:
+            if isinstance(item, list):
+                stack.append(iter(item))
+                break
+            yield item
+        else:
+            stack.pop()
 
 
 def _cast(tensor: _Tensor, array: np.ndarray, dtype: np.dtype[Any]) -> np.ndarray:
@@ -378,7 +391,9 @@ def _cast(tensor: _Tensor, array: np.ndarray, dtype: np.dtype[Any]) -> np.ndarra
         info = np.iinfo(dtype)
         if array.min() < info.min or array.max() > info.max:
             raise BadRequest(f"input '{tensor.name}': values out of range for {tensor.datatype}")
-    return array.astype(dtype)
+    out = array.astype(dtype)
+    check_cast(tensor.name, tensor.datatype, out)
+    return out
 
 
 # --- encoding --------------------------------------------------------------------------------

@@ -16,7 +16,7 @@ import numpy as np
 import onnxruntime as ort
 from onnxruntime.capi import onnxruntime_pybind11_state as ort_errors
 
-from service.errors import BadRequest, NotReady
+from service.errors import BadRequest, InferenceFailed, NotReady
 from service.manifest import TensorSpec, file_sha256
 from service.memory import heap_bytes, rss_bytes
 from service.sessions import open_session, run_options
@@ -30,12 +30,10 @@ BATCH_PROBE = 4
 PROBE_MAX_ROW_SECONDS = 0.010
 
 
-# What session.run raises for inputs it cannot take (wrong values, shapes it discovers late).
-_ORT_INPUT_ERRORS = (
-    ort_errors.InvalidArgument,
-    ort_errors.RuntimeException,
-    ort_errors.Fail,
-)
+# What session.run raises for inputs it cannot take (wrong shapes or types, out-of-range
+# indices such as token ids past the vocabulary): the client's fault, a 400. Anything else
+# (a kernel failing on an input the spec accepts, memory, a broken file) is the server's: 500.
+_ORT_INPUT_ERRORS = (ort_errors.InvalidArgument,)
 
 
 class State(StrEnum):
@@ -170,6 +168,12 @@ class ModelRuntime:
             raise BadRequest(
                 f"model '{self.model}' version '{self.variant}' could not run on this input: "
                 f"{_client_reason(exc)}"
+            ) from None
+        except (ort_errors.Fail, ort_errors.RuntimeException, ort_errors.EPFail) as exc:
+            log.error("%s failed on an input its spec accepts: %s", self.name, exc)
+            raise InferenceFailed(
+                f"model '{self.model}' version '{self.variant}' failed to run "
+                "(details in the server log)"
             ) from None
         return dict(zip(names, results, strict=True))
 

@@ -17,6 +17,7 @@ import zlib
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from service.bounds import DEFAULT_LIMITS, Limits, check_json_outputs
 from service.classification import classify, labels_of
 from service.config import Settings
 from service.errors import BadRequest, PayloadTooLarge, ServiceError, error_headers
@@ -46,12 +47,16 @@ async def infer_response(
 ) -> tuple[bytes, dict[str, str]]:
     """One v2 infer call from body bytes to response bytes and headers."""
     runtime = registry.runtime(model, version)
+    limits = Limits.of(settings)
     async with inference.track(runtime), inference.admit(runtime) as admitted:
         # Admitted before decoding: a request that cannot be served soon costs no decode.
-        decoded = await decode_body(body, header_length, encoding, settings.max_request_bytes)
+        decoded = await decode_body(
+            body, header_length, encoding, settings.max_request_bytes, limits
+        )
         outputs = await inference.run(runtime, decoded.inputs, decoded.outputs, admitted)
         if decoded.class_counts:
             outputs = classify(outputs, decoded.class_counts, labels_of(registry.entry(model)))
+        check_json_outputs(outputs, decoded.wants_binary, limits)
         if any(
             array.size > OFFLOAD_OUTPUT_VALUES and not decoded.wants_binary(name)
             for name, array in outputs.items()
@@ -63,16 +68,20 @@ async def infer_response(
 
 
 async def decode_body(
-    body: bytes, header_length: str | None, encoding: str | None, limit: int
+    body: bytes,
+    header_length: str | None,
+    encoding: str | None,
+    limit: int,
+    limits: Limits = DEFAULT_LIMITS,
 ) -> DecodedRequest:
     """Decompress and decode; in a worker thread when there is much JSON or gzip to read."""
     identity = encoding is None or encoding.lower() == "identity"
     json_bytes = len(body) if header_length is None else _int_or_zero(header_length)
     if identity and json_bytes <= OFFLOAD_BODY_BYTES:
-        return decode_request(body, header_length)
+        return decode_request(body, header_length, limits)
 
     def work() -> DecodedRequest:
-        return decode_request(decompress(body, encoding, limit), header_length)
+        return decode_request(decompress(body, encoding, limit), header_length, limits)
 
     return await asyncio.to_thread(work)
 
@@ -90,7 +99,9 @@ def decompress(body: bytes, encoding: str | None, limit: int) -> bytes:
     except zlib.error:
         raise BadRequest(f"body is not valid {encoding} data") from None
     if len(out) > limit or decompressor.unconsumed_tail:
-        raise PayloadTooLarge(f"decompressed body is over the limit of {limit} bytes")
+        raise PayloadTooLarge(
+            f"decompressed body is over the limit of {limit} bytes (EDGE_MAX_REQUEST_BYTES)"
+        )
     return out
 
 

@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 from typing import Annotated, Any
 
 import numpy as np
-from fastapi import APIRouter, File, Query, UploadFile
+from fastapi import APIRouter, File, Query, Request, UploadFile
 from pydantic import BaseModel, Field
 
-from service.errors import NotFound
+from service.config import Settings
+from service.errors import NotFound, PayloadTooLarge
 from service.inference import Inference
 from service.manifest import Task
 from service.processing import decode_image
@@ -23,7 +25,9 @@ Precision = Annotated[
     str | None,
     Query(description="Variant to run: fp32, int8, … (default: the model's default variant)"),
 ]
-ImageFile = Annotated[UploadFile, File(description="A PNG or JPEG image of any size")]
+ImageFile = Annotated[
+    UploadFile, File(description="A PNG or JPEG image (up to EDGE_MAX_IMAGE_PIXELS pixels)")
+]
 
 
 class LabelScoreOut(BaseModel):
@@ -72,19 +76,48 @@ def _resolve(
     return entry, registry.runtime(model, precision)
 
 
+def _settings(request: Request) -> Settings:
+    settings: Settings = request.app.state.settings
+    return settings
+
+
 async def _run_image(
-    inference: Inference, entry: ModelEntry, runtime: ModelRuntime, image: UploadFile
+    inference: Inference,
+    entry: ModelEntry,
+    runtime: ModelRuntime,
+    image: UploadFile,
+    settings: Settings,
 ) -> np.ndarray:
     """Decode the upload, preprocess it as model.json says, run it; the first output."""
-    feed = entry.processor.images_to_feed([decode_image(await image.read())])
-    outputs = await inference.run(runtime, feed)
+    data = await image.read()
+
+    def feed() -> dict[str, np.ndarray]:  # decoding a large image must not stall the loop
+        return entry.processor.images_to_feed([decode_image(data, settings.max_image_pixels)])
+
+    outputs = await inference.run(runtime, await asyncio.to_thread(feed))
     return next(iter(outputs.values()))
+
+
+def check_sentences(sentences: list[str], settings: Settings) -> None:
+    """EDGE_MAX_SENTENCES and EDGE_MAX_SENTENCE_CHARS, before any tokenizing."""
+    if len(sentences) > settings.max_sentences:
+        raise PayloadTooLarge(
+            f"{len(sentences)} sentences, over the limit of {settings.max_sentences} per request "
+            "(EDGE_MAX_SENTENCES)"
+        )
+    longest = max((len(sentence) for sentence in sentences), default=0)
+    if longest > settings.max_sentence_chars:
+        raise PayloadTooLarge(
+            f"a sentence of {longest} characters, over the limit of "
+            f"{settings.max_sentence_chars} (EDGE_MAX_SENTENCE_CHARS)"
+        )
 
 
 @router.post("/{model}/classify", response_model=ClassifyResponse, summary="Classify an image")
 async def classify(
     registry: RegistryDep,
     inference: InferenceDep,
+    request: Request,
     model: str,
     image: ImageFile,
     precision: Precision = None,
@@ -93,7 +126,7 @@ async def classify(
     entry, runtime = _resolve(registry, model, "image-classification", "classify", precision)
     async with inference.track(runtime):
         started = time.perf_counter()
-        output = await _run_image(inference, entry, runtime, image)
+        output = await _run_image(inference, entry, runtime, image, _settings(request))
         labels = entry.processor.classify(output, top_k)[0]
     return ClassifyResponse(
         model=model,
@@ -109,6 +142,7 @@ async def classify(
 async def recognize(
     registry: RegistryDep,
     inference: InferenceDep,
+    request: Request,
     model: str,
     image: ImageFile,
     precision: Precision = None,
@@ -116,7 +150,7 @@ async def recognize(
     entry, runtime = _resolve(registry, model, "text-recognition", "recognize", precision)
     async with inference.track(runtime):
         started = time.perf_counter()
-        output = await _run_image(inference, entry, runtime, image)
+        output = await _run_image(inference, entry, runtime, image, _settings(request))
         result = entry.processor.recognize(output)[0]
     return RecognizeResponse(
         model=model,
@@ -131,14 +165,17 @@ async def recognize(
 async def embed(
     registry: RegistryDep,
     inference: InferenceDep,
+    request: Request,
     model: str,
     body: EmbedRequest,
     precision: Precision = None,
 ) -> EmbedResponse:
+    check_sentences(body.sentences, _settings(request))  # the cheapest refusal first
     entry, runtime = _resolve(registry, model, "text-embedding", "embed", precision)
     async with inference.track(runtime):
         started = time.perf_counter()
-        outputs = await inference.run(runtime, entry.processor.texts_to_feed(body.sentences))
+        feed = await asyncio.to_thread(entry.processor.texts_to_feed, body.sentences)
+        outputs = await inference.run(runtime, feed)
         embeddings = next(iter(outputs.values()))
     return EmbedResponse(
         model=model,

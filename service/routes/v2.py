@@ -7,15 +7,16 @@ from typing import Any
 
 import numpy as np
 from fastapi import APIRouter, Request, Response
-from fastapi.responses import JSONResponse
 
 from service import __version__
+from service.bounds import Limits, check_finite_inputs, check_json_outputs
 from service.errors import NotReady
 from service.protocol import (
     HEADER_LENGTH,
     DecodedRequest,
     InferenceRequest,
     InferenceResponse,
+    dumps,
     json_data,
 )
 from service.registry import ModelEntry
@@ -245,10 +246,11 @@ async def infer(
 )
 async def compare(
     registry: RegistryDep, inference: InferenceDep, request: Request, model: str
-) -> JSONResponse:
+) -> Response:
     entry = registry.entry(model)
     runtimes = [registry.runtime(model, variant) for variant in entry.runtimes]
     decoded = await _decode(request)
+    check_finite_inputs(decoded.inputs, "compare's agreement figures would mean nothing")
     results: dict[str, dict[str, np.ndarray]] = {}
     latency: dict[str, float] = {}
     for runtime in runtimes:
@@ -256,28 +258,35 @@ async def compare(
             started = time.perf_counter()
             results[runtime.variant] = await inference.run(runtime, decoded.inputs, decoded.outputs)
             latency[runtime.variant] = (time.perf_counter() - started) * 1000.0
+    limits = Limits.of(request.app.state.settings)
+    every = {f"{v}/{n}": a for v, outputs in results.items() for n, a in outputs.items()}
+    check_json_outputs(every, lambda _: False, limits)
     reference = "fp32" if "fp32" in results else next(iter(results))
-    return JSONResponse(
-        {
-            "model_name": model,
-            "id": decoded.id,
-            "reference": reference,
-            "versions": {
-                variant: {
-                    "latency_ms": round(latency[variant], 4),
-                    "outputs": [
-                        {"name": n, "shape": list(a.shape), "data": json_data(a)}
-                        for n, a in outputs.items()
-                    ],
-                }
-                for variant, outputs in results.items()
-            },
-            "agreement": {
-                variant: agreement(entry, outputs, results[reference])
-                for variant, outputs in results.items()
-                if variant != reference
-            },
-        }
+    # orjson, not JSONResponse: a NaN a model computes leaves as null, never as a 500.
+    return Response(
+        dumps(
+            {
+                "model_name": model,
+                "id": decoded.id,
+                "reference": reference,
+                "versions": {
+                    variant: {
+                        "latency_ms": round(latency[variant], 4),
+                        "outputs": [
+                            {"name": n, "shape": list(a.shape), "data": json_data(a)}
+                            for n, a in outputs.items()
+                        ],
+                    }
+                    for variant, outputs in results.items()
+                },
+                "agreement": {
+                    variant: agreement(entry, outputs, results[reference])
+                    for variant, outputs in results.items()
+                    if variant != reference
+                },
+            }
+        ),
+        media_type="application/json",
     )
 
 
@@ -302,11 +311,13 @@ def agreement(
 
 
 async def _decode(request: Request) -> DecodedRequest:
+    settings = request.app.state.settings
     return await decode_body(
         await request.body(),
         request.headers.get(HEADER_LENGTH),
         request.headers.get("content-encoding"),
-        request.app.state.settings.max_request_bytes,
+        settings.max_request_bytes,
+        Limits.of(settings),
     )
 
 

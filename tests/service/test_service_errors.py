@@ -174,14 +174,14 @@ def png_bytes(size: int = 8, format: str = "PNG") -> bytes:
 
 
 @pytest.mark.parametrize(
-    "upload",
-    [b"definitely not an image", png_bytes()[:40], b""],
+    ("upload", "status"),
+    [(b"definitely not an image", 415), (png_bytes()[:40], 400), (b"", 400)],
     ids=["garbage", "truncated-png", "empty"],
 )
-def test_undecodable_image_is_400(http: httpx.Client, upload: bytes) -> None:
-    """A file that is not a PNG/JPEG is the client's fault."""
+def test_undecodable_image_is_4xx(http: httpx.Client, upload: bytes, status: int) -> None:
+    """Not a PNG/JPEG at all: 415; a broken or empty PNG: 400. Both the client's fault."""
     response = http.post("/tasks/digits/classify", files={"image": ("x.png", upload)})
-    assert_error(response, 400)
+    assert_error(response, status)
 
 
 @pytest.mark.parametrize(
