@@ -341,7 +341,9 @@ def test_failed_variant_reason_names_the_checksum(broken_server: httpx.Client) -
     message = assert_error(broken_server.get("/v2/models/digits/versions/int8/ready"), 503)
     assert "sha256" in message
     index = broken_server.post("/v2/repository/index").json()
-    assert {row["version"]: row["state"] for row in index} == {"fp32": "READY", "int8": "FAILED"}
+    # Triton's states: a variant that failed to load is UNAVAILABLE, with the reason.
+    states = {row["version"]: (row["state"], row["reason"][:15]) for row in index}
+    assert states == {"fp32": ("READY", ""), "int8": ("UNAVAILABLE", "sha256 mismatch")}
 
 
 def test_intact_variant_still_serves(broken_server: httpx.Client) -> None:
