@@ -5,10 +5,12 @@ from __future__ import annotations
 import argparse
 import logging
 import signal
+import sys
 import types
 from pathlib import Path
 
 import uvicorn
+from fastapi import FastAPI
 
 from service.allocator import tune_malloc
 from service.app import create_app
@@ -41,8 +43,9 @@ def main(argv: list[str] | None = None) -> None:
     )
     # uvicorn drains on SIGTERM, restores this handler, then re-raises the signal: exit 0 then.
     signal.signal(signal.SIGTERM, _exit_cleanly)
-    uvicorn.run(
-        create_app(settings),
+    app = create_app(settings)
+    config = uvicorn.Config(
+        app,
         host=settings.host,
         port=settings.port,
         log_level=settings.log_level,
@@ -51,10 +54,28 @@ def main(argv: list[str] | None = None) -> None:
         loop="auto",
         http="auto",
         workers=1,
-        timeout_graceful_shutdown=30,
+        # Requests in flight at SIGTERM get this long to finish (deploy/k8s grace period fits it).
+        timeout_graceful_shutdown=settings.drain_seconds,
         ssl_certfile=settings.tls_certfile,
         ssl_keyfile=settings.tls_keyfile,
     )
+    server = DrainingServer(config, app)
+    server.run()
+    if not server.started:
+        sys.exit(3)  # uvicorn.run's exit code for a failed start-up
+
+
+class DrainingServer(uvicorn.Server):
+    """uvicorn's server; SIGTERM/SIGINT first mark the app as draining (readiness 503)."""
+
+    def __init__(self, config: uvicorn.Config, app: FastAPI) -> None:
+        super().__init__(config)
+        self.app = app
+
+    def handle_exit(self, sig: int, frame: types.FrameType | None) -> None:
+        """Not ready from the first signal on; uvicorn then stops accepting and drains."""
+        self.app.state.draining = True
+        super().handle_exit(sig, frame)
 
 
 def _exit_cleanly(signum: int, frame: types.FrameType | None) -> None:

@@ -54,6 +54,7 @@ def create_app(settings: Settings) -> FastAPI:
         lifespan=lifespan,
     )
     app.state.settings = settings
+    app.state.draining = False  # set on SIGTERM (service/__main__.py): readiness says 503
     app.state.registry = registry
     app.state.inference = inference = Inference(metrics, settings)
     install_error_handlers(app)

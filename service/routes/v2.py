@@ -88,8 +88,10 @@ async def live() -> dict[str, bool]:
     "/health/ready",
     summary="Readiness: every variant loaded (EDGE_STRICT_READINESS=false: one per model)",
 )
-async def ready(registry: RegistryDep) -> dict[str, Any]:
+async def ready(registry: RegistryDep, request: Request) -> dict[str, Any]:
     """200 lists variants that failed (degraded mode); 503 names what failed and what loads."""
+    if request.app.state.draining:
+        raise NotReady("not ready: shutting down, finishing the requests in flight")
     failed = [
         {"model": rt.model, "version": rt.variant, "reason": rt.error or "failed"}
         for rt in registry.failures()

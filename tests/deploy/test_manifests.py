@@ -104,7 +104,7 @@ def drain_seconds() -> int:
         return int(match.group(1))
     from service.config import Settings  # a drain setting replaces the literal
 
-    return int(Settings.model_fields["drain_timeout"].default)
+    return int(Settings.model_fields["drain_seconds"].default)
 
 
 def test_deployment_stops_without_dropping_requests() -> None:
