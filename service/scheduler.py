@@ -40,7 +40,7 @@ BATCH_DEPTH = 2
 # Runs expected to take less than this go inline on the event loop (see Lane._inline).
 INLINE_SECONDS = 0.0002
 # The adaptive deadline: this many runs of the variant, never under MIN_DEADLINE seconds.
-DEADLINE_RUNS = 5
+DEADLINE_RUNS = 3
 MIN_DEADLINE = 0.050
 
 
