@@ -197,7 +197,8 @@ class Floor:
         }
 
     def close(self) -> None:
-        if self._process.stdin is not None:
+        """End the floor process (idempotent)."""
+        if self._process.stdin is not None and not self._process.stdin.closed:
             self._process.stdin.close()
         self._process.wait(timeout=30)
         self._sample.close()
@@ -233,6 +234,7 @@ def _run(plan: Plan, workdir: Path, say: Any) -> dict[str, Any]:
     floors: dict[str, Any] = {}
     memory: dict[str, Any] = {}
     batching: dict[str, bool] = {}
+    helpers: list[Floor | ServiceProcess] = []
     try:
         for name in plan.variants:
             model, variant = name.split("/")
@@ -240,6 +242,7 @@ def _run(plan: Plan, workdir: Path, say: Any) -> dict[str, Any]:
             model_file = plan.repository / model / manifest.variants[variant].file
             feed = sample_feed(plan.repository, model)
             floor = Floor(plan, model_file, feed)
+            helpers.append(floor)
             batching[name] = batching_of(service.url, model, variant)
             first = floor.measure(1.0)["p50_ms"]
             say(f"{name}: floor p50 {first:.3f} ms, batching {batching[name]}")
@@ -248,6 +251,7 @@ def _run(plan: Plan, workdir: Path, say: Any) -> dict[str, Any]:
                     plan, workdir / "service-unbatched.log", env={"EDGE_BATCHING": "off"}
                 )
             minimal = start_minimal(plan, model_file, workdir / f"minimal-{model}-{variant}.log")
+            helpers.append(minimal)
             path = f"/v2/models/{model}/versions/{variant}/infer"
             targets: list[tuple[str, str, Payload]] = [
                 (SERVICE_BINARY, service.url + path, binary_payload(feed)),
@@ -281,10 +285,15 @@ def _run(plan: Plan, workdir: Path, say: Any) -> dict[str, Any]:
             floor.close()
             floors[name] = floor.summary()
         overload = run_overload_pair(plan, service)
-    finally:
+    finally:  # every process this run started ends with it, also when a run fails
         stop_service(service)
         if unbatched is not None:
             stop_service(unbatched)
+        for helper in helpers:
+            if isinstance(helper, Floor):
+                helper.close()
+            elif helper.process is not None and helper.process.poll() is None:
+                stop_service(helper)
     return {
         "meta": _meta(plan, load_before),
         "cold_start_seconds": cold_start,
