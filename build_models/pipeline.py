@@ -22,7 +22,7 @@ from build_models.evaluate import first_output, interleaved_latency_ms, op_count
 from build_models.plugins import SourceOutput, source_plugin
 from build_models.search import FP32, Candidate, Search, default_variant, dynamic_recipe
 from build_models.tasks import TaskAdapter
-from service.manifest import MANIFEST_FILE, ModelManifest, Variant, file_sha256
+from service.manifest import ModelManifest, Variant, file_sha256
 from service.sessions import open_session
 
 LATENCY_BATCHES = (1, 8)
@@ -68,8 +68,8 @@ def build_model(
     """Build into a scratch folder; swap it in only when every gate passes."""
     target = out_dir / config.name
     digest = inputs_digest(config_path, config, base)
-    if not force and (target / MANIFEST_FILE).is_file():
-        existing = ModelManifest.read(target)
+    existing = _readable_manifest(target) if not force else None
+    if existing is not None:
         if existing.build.get("inputs_sha256") == digest:
             log(f"[{config.name}] unchanged (config, files and build code): not rebuilt")
             return BuildResult(existing, skipped=True)
@@ -84,6 +84,14 @@ def build_model(
         return result
     finally:
         shutil.rmtree(staging, ignore_errors=True)
+
+
+def _readable_manifest(model_dir: Path) -> ModelManifest | None:
+    """The model.json already built there, or None when absent or of another schema version."""
+    try:
+        return ModelManifest.read(model_dir)
+    except (OSError, ValueError):  # pydantic's ValidationError is a ValueError
+        return None
 
 
 def _swap_in(staging: Path, target: Path) -> None:

@@ -16,8 +16,14 @@ FP32 = "fp32"
 
 
 def read_manifests(out_dir: Path) -> list[ModelManifest]:
-    """Every model.json in the repository, by name."""
-    return [ModelManifest.read(p.parent) for p in sorted(out_dir.glob(f"*/{MANIFEST_FILE}"))]
+    """Every readable model.json in the repository, by name (older schemas are left out)."""
+    manifests = []
+    for path in sorted(out_dir.glob(f"*/{MANIFEST_FILE}")):
+        try:
+            manifests.append(ModelManifest.read(path.parent))
+        except ValueError:  # another schema version: the service skips it too
+            continue
+    return manifests
 
 
 def rows(manifests: Iterable[ModelManifest]) -> list[dict[str, Any]]:

@@ -25,7 +25,7 @@ class Settings(BaseSettings):
     default_variant: str | None = None
     """Variant used when a request names no version; unset uses each model's own default."""
 
-    onbox_seconds: float = Field(2.0, ge=0, le=120)
+    onbox_seconds: float = Field(1.0, ge=0, le=120)
     """Time budget for measuring every variant's latency here after warm-up (all models; 0: off).
 
     Among the variants that passed the build's accuracy gate, the fastest on this box becomes

@@ -181,3 +181,14 @@ def test_old_opset_is_upgraded_before_per_channel_quantization(tmp_path: Path) -
     tried = {c["name"]: c["gate"] for c in manifest.build["candidates"]}
     assert tried["u8s8-per-channel"] == "pass"
     open_session(out / "int32-counts" / manifest.variants["int8"].file)
+
+
+def test_model_json_of_another_schema_is_rebuilt(tmp_path: Path) -> None:
+    """An older model.json in the output folder is rebuilt, not trusted or crashed on."""
+    config = tensor_project(tmp_path / "project", model="int32_counts")
+    out = tmp_path / "repo"
+    assert cli.main(["--config", str(config), "--out", str(out)]) == 0
+    path = out / "int32-counts" / MANIFEST_FILE
+    path.write_text(json.dumps({**json.loads(path.read_text()), "schema_version": 1}))
+    assert cli.main(["--config", str(config), "--out", str(out)]) == 0
+    assert ModelManifest.read(out / "int32-counts").schema_version == 2
