@@ -27,7 +27,7 @@ import numpy as np
 
 from bench.load import LoadResult, run_overload, run_wrk, wrk_path
 from bench.payloads import Payload, binary_payload, json_payload, sample_feed
-from loadtests.process import ServiceProcess, free_port, start_service, stop_service
+from loadtests.process import ServiceProcess, free_port, rss_bytes, start_service, stop_service
 from service.manifest import ModelManifest
 
 SERVICE_BINARY, SERVICE_JSON, MINIMAL, UNBATCHED = (
@@ -94,17 +94,6 @@ def plan_cores() -> tuple[int | None, int | None]:
 
 def _pin(core: int | None) -> Any:
     return (lambda: os.sched_setaffinity(0, {core})) if core is not None else None
-
-
-def rss_bytes(pid: int) -> int:
-    """Resident set size of a process (VmRSS)."""
-    try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return 0
 
 
 @contextmanager

@@ -30,6 +30,17 @@ class ServiceProcess:
         return self.url.removeprefix("http://")
 
 
+def rss_bytes(pid: int) -> int:
+    """Resident set size of a process (VmRSS from /proc; 0 where it cannot be read)."""
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 0
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))

@@ -24,7 +24,7 @@ from typing import Any
 import httpx
 import numpy as np
 
-from loadtests.process import ServiceProcess, start_service, stop_service, wait_for
+from loadtests.process import ServiceProcess, rss_bytes, start_service, stop_service, wait_for
 from loadtests.workload import (
     INFER_BINARY,
     INFER_JSON,
@@ -204,14 +204,8 @@ async def sample_rss(pid: int | None, out: list[tuple[float, float]], stop: asyn
 
 
 def rss_mb(pid: int) -> float:
-    """VmRSS of a process, from /proc (0 where it cannot be read)."""
-    try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    return 0.0
+    """VmRSS of a process in MB (0 where it cannot be read)."""
+    return rss_bytes(pid) / (1024 * 1024)
 
 
 def summarise(

@@ -28,6 +28,7 @@ from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 from schemathesis.generation import GenerationMode
 
+from loadtests.process import rss_bytes
 from service.bounds import Limits
 from service.errors import ServiceError
 from service.protocol import DATATYPES, decode_request
@@ -42,13 +43,6 @@ PATH_VALUES = [
     {"model": "digits", "version": "fp16"},
     {"model": "minilm", "version": "int8"},
 ]
-
-
-def rss_bytes(pid: int) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) * 1024
-    raise AssertionError("no VmRSS line")
 
 
 @pytest.fixture(scope="module")

@@ -30,6 +30,8 @@ from onnx import TensorProto, helper, numpy_helper
 from PIL import Image
 from prometheus_client.parser import text_string_to_metric_families
 
+from loadtests.process import rss_bytes
+
 HEADER = "Inference-Header-Content-Length"
 INFER = "/v2/models/digits/versions/fp32/infer"
 COMPARE = "/v2/models/digits/compare"
@@ -37,14 +39,6 @@ OUTPUT_CAP = 100  # EDGE_MAX_JSON_OUTPUT_VALUES for this server: 11 rows of 10 l
 BODY_TIMEOUT = 2.0
 # Generous: the interpreter's allocator keeps some arenas after a burst of large bodies.
 RSS_GROWTH_LIMIT = 100 * 1024 * 1024
-
-
-def rss_bytes(pid: int) -> int:
-    """VmRSS of a process, from /proc."""
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) * 1024
-    raise AssertionError("no VmRSS line")
 
 
 @pytest.fixture(scope="module")
