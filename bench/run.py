@@ -27,7 +27,14 @@ import numpy as np
 
 from bench.load import LoadResult, run_overload, run_wrk, wrk_path
 from bench.payloads import Payload, binary_payload, json_payload, sample_feed
-from loadtests.process import ServiceProcess, free_port, rss_bytes, start_service, stop_service
+from loadtests.process import (
+    ServiceProcess,
+    free_port,
+    rss_bytes,
+    start_service,
+    stop_service,
+    wait_for,
+)
 from service.manifest import ModelManifest
 
 SERVICE_BINARY, SERVICE_JSON, MINIMAL, UNBATCHED = (
@@ -121,7 +128,7 @@ def start_pinned_service(
     """`python -m service` with its shipped defaults, pinned; (process, seconds to ready)."""
     started = time.perf_counter()
     service = start_service(plan.repository, log, env=env, preexec=_pin(plan.server_core))
-    _wait_ready(service.url, service.process, 60.0)
+    wait_for(service, "ready", 60.0, interval=0.02)  # fine-grained: the wait is timed
     return service, time.perf_counter() - started
 
 
@@ -136,22 +143,8 @@ def start_minimal(plan: Plan, model_file: Path, log: Path) -> ServiceProcess:
             preexec_fn=_pin(plan.server_core),
         )
     service = ServiceProcess(f"http://127.0.0.1:{port}", process, log)
-    _wait_ready(service.url, process, 60.0)
+    wait_for(service, "ready", 60.0, interval=0.02)
     return service
-
-
-def _wait_ready(url: str, process: subprocess.Popen[bytes] | None, timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if process is not None and process.poll() is not None:
-            raise RuntimeError(f"{url}: the server exited during start-up")
-        try:
-            if httpx.get(f"{url}/v2/health/ready", timeout=2).status_code == 200:
-                return
-        except httpx.TransportError:
-            pass
-        time.sleep(0.02)
-    raise RuntimeError(f"{url} was not ready within {timeout:.0f} s")
 
 
 class Floor:

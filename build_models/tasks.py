@@ -29,7 +29,8 @@ from service.manifest import (
     TextPreprocessing,
 )
 from service.processing import ctc_greedy, encode_texts, image_tensor, load_tokenizer
-from service.specs import NUMPY_TYPES, ORT_TYPES
+from service.protocol import DATATYPES
+from service.specs import ORT_TYPES
 
 ASSETS = "assets"
 TOKENIZER_FILE = f"{ASSETS}/tokenizer.json"
@@ -248,7 +249,7 @@ class TaskAdapter:
                 raise ValueError(f"a {self.config.task} model does not take images")
             spec = self.inputs[0]
             batch = np.stack([image_tensor(pre, image) for image in dataset.images[start:end]])
-            return {spec.name: batch.astype(NUMPY_TYPES.get(spec.datatype, np.float32))}
+            return {spec.name: batch.astype(DATATYPES.get(spec.datatype, np.dtype(np.float32)))}
         if dataset.texts is not None:
             if self.config.task != "text-embedding":
                 raise ValueError(f"a {self.config.task} model does not take text")
@@ -261,7 +262,7 @@ class TaskAdapter:
                     f"the tensors have no array {spec.name!r} (they have {sorted(dataset.tensors)})"
                 )
             array = dataset.tensors[spec.name][start:end]
-            want = np.dtype(NUMPY_TYPES[spec.datatype])
+            want = DATATYPES[spec.datatype]
             if not np.can_cast(array.dtype, want, casting="same_kind"):
                 raise ValueError(f"array {spec.name!r} is {array.dtype}, the model takes {want}")
             feed[spec.name] = np.ascontiguousarray(array, dtype=want)

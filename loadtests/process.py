@@ -69,7 +69,9 @@ def start_service(
     return ServiceProcess(f"http://127.0.0.1:{port}", process, log)
 
 
-def wait_for(service: ServiceProcess, health: str = "ready", timeout: float = 60.0) -> None:
+def wait_for(
+    service: ServiceProcess, health: str = "ready", timeout: float = 60.0, interval: float = 0.1
+) -> None:
     """Poll /v2/health/{health} ("ready" or "live") until 200; fail early if the process dies."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -80,7 +82,7 @@ def wait_for(service: ServiceProcess, health: str = "ready", timeout: float = 60
                 return
         except httpx.TransportError:
             pass
-        time.sleep(0.1)
+        time.sleep(interval)
     raise RuntimeError(f"the service was not {health} within {timeout:.0f} s:\n{_tail(service)}")
 
 

@@ -22,7 +22,7 @@ from service.manifest import (
     SoftmaxPostprocessing,
 )
 from service.processing import Processor
-from service.specs import NUMPY_TYPES
+from service.protocol import DATATYPES, datatype_of
 
 HEADER_LENGTH = "Inference-Header-Content-Length"
 WRONG_ANSWER = "wrong answer"
@@ -39,8 +39,6 @@ INFER_JSON = "infer-json"
 TASK = "task"
 WEIGHTS = {INFER_BINARY: 3, INFER_JSON: 1, TASK: 2}
 """Relative weights of the request kinds (TASK: the model's task endpoint)."""
-
-_V2_TYPES = {np.dtype(v).name: k for k, v in NUMPY_TYPES.items()}
 
 
 @dataclass(frozen=True)
@@ -166,7 +164,7 @@ def decode_infer_response(
     offset = length
     outputs: dict[str, tuple[np.ndarray, bool]] = {}
     for out in header["outputs"]:
-        dtype = NUMPY_TYPES[out["datatype"]]
+        dtype = DATATYPES[out["datatype"]]
         size = (out.get("parameters") or {}).get("binary_data_size")
         flat: np.ndarray
         if size is not None:
@@ -181,7 +179,7 @@ def decode_infer_response(
 def encode_infer_json(feed: dict[str, np.ndarray]) -> Body:
     """A v2 JSON infer body: tensors as flat JSON lists."""
     inputs = [
-        {"name": n, "shape": list(a.shape), "datatype": _V2_TYPES[a.dtype.name],
+        {"name": n, "shape": list(a.shape), "datatype": datatype_of(a),
          "data": a.ravel().tolist()}
         for n, a in feed.items()
     ]  # fmt: skip
@@ -192,7 +190,7 @@ def encode_infer_json(feed: dict[str, np.ndarray]) -> Body:
 def encode_infer_binary(feed: dict[str, np.ndarray]) -> Body:
     """A v2 binary-extension body: JSON header, raw little-endian tensors; binary outputs asked."""
     inputs = [
-        {"name": n, "shape": list(a.shape), "datatype": _V2_TYPES[a.dtype.name],
+        {"name": n, "shape": list(a.shape), "datatype": datatype_of(a),
          "parameters": {"binary_data_size": a.nbytes}}
         for n, a in feed.items()
     ]  # fmt: skip

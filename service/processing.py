@@ -23,7 +23,7 @@ from service.manifest import (
     SoftmaxPostprocessing,
     TextPreprocessing,
 )
-from service.specs import NUMPY_TYPES
+from service.protocol import DATATYPES
 
 Feed = dict[str, np.ndarray]
 
@@ -96,7 +96,7 @@ class Processor:
     @cached_property
     def _input_dtype(self) -> np.dtype[Any]:
         """The first input's numpy type (FP32 for most image models, UINT8 for some)."""
-        return np.dtype(NUMPY_TYPES.get(self.manifest.inputs[0].datatype, np.float32))
+        return DATATYPES.get(self.manifest.inputs[0].datatype, np.dtype(np.float32))
 
     def classify(self, logits: np.ndarray, top_k: int) -> list[list[LabelScore]]:
         post = self.manifest.postprocessing

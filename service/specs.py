@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-import numpy as np
 import onnxruntime as ort
 
 from service.manifest import TensorSpec
@@ -17,13 +16,6 @@ ORT_TYPES = {
     "tensor(string)": "BYTES",
 }  # fmt: skip
 """ONNX Runtime's type names -> Open Inference Protocol datatypes."""
-
-NUMPY_TYPES: dict[str, type[np.generic]] = {
-    "FP32": np.float32, "FP16": np.float16, "FP64": np.float64, "INT64": np.int64,
-    "INT32": np.int32, "INT16": np.int16, "INT8": np.int8, "UINT8": np.uint8,
-    "UINT16": np.uint16, "UINT32": np.uint32, "UINT64": np.uint64, "BOOL": np.bool_,
-}  # fmt: skip
-"""Open Inference Protocol datatypes -> numpy scalar types (all but BYTES)."""
 
 
 def spec_mismatches(

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from functools import cache
 from pathlib import Path
 from types import ModuleType
+from typing import Any
 
 import numpy as np
 import onnxruntime as ort
@@ -52,3 +53,12 @@ def servers(pytestconfig: pytest.Config) -> ModuleType:
     module = pytestconfig.pluginmanager.get_plugin(str(Path(__file__).parents[1] / "conftest.py"))
     assert isinstance(module, ModuleType)
     return module
+
+
+@pytest.fixture(scope="module")
+def started(servers: ModuleType) -> Iterator[list[Any]]:
+    """Servers started by this module, stopped (by PID, SIGTERM) at its end."""
+    running: list[Any] = []
+    yield running
+    for server in running:
+        assert servers.stop_server(server) == 0

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import shutil
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -73,15 +72,6 @@ def default_and_other(model_repository: Path) -> tuple[str, str]:
     default = info["default_variant"]
     other = next(v for v in info["variants"] if v != default)
     return default, other
-
-
-@pytest.fixture(scope="module")
-def started(servers: ModuleType) -> Iterator[list[Any]]:
-    """Servers started by this module, stopped (by PID, SIGTERM) at its end."""
-    running: list[Any] = []
-    yield running
-    for server in running:
-        assert servers.stop_server(server) == 0
 
 
 def start(

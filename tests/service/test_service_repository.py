@@ -6,7 +6,6 @@ import json
 import shutil
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -17,15 +16,6 @@ import tritonclient.http as httpclient
 from tritonclient.utils import InferenceServerException
 
 Reference = Any
-
-
-@pytest.fixture(scope="module")
-def started(servers: ModuleType) -> Iterator[list[Any]]:
-    """Servers started by this module, stopped (by PID, SIGTERM) at its end."""
-    running: list[Any] = []
-    yield running
-    for server in running:
-        assert servers.stop_server(server) == 0
 
 
 def start(
