@@ -12,7 +12,6 @@ from pathlib import Path
 import uvicorn
 from fastapi import FastAPI
 
-from service.allocator import tune_malloc
 from service.app import create_app
 from service.config import Settings
 
@@ -37,7 +36,6 @@ def main(argv: list[str] | None = None) -> None:
         if value is not None
     }
     settings = Settings(**overrides)
-    tune_malloc()  # before any thread or tensor exists
     logging.basicConfig(
         level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )

@@ -1,38 +1,86 @@
-"""glibc malloc settings for a server that handles multi-megabyte tensors from many threads.
+"""Giving freed heap back to the OS once a burst is over, without slowing the runs in it.
 
-By default glibc raises its mmap threshold each time a large block is freed, so later tensors
-and JSON buffers come from the heaps of whichever threads handled them, and the process keeps
-that memory after a burst. A fixed threshold sends large blocks to mmap (returned on free) and
-a trim threshold gives back free heap tops. Measured with 16 OCR JSON clients for 6 s
-(bench/README.md): RSS at rest 311 -> peak 385 -> 2 s after 385 MB by default; 279 -> 314 -> 299
-MB with these. No effect (and no error) where the C library is not glibc.
+glibc keeps freed memory in its heaps (one per thread that allocated) so the next tensor of
+the same size costs no page faults. That is what a busy server wants, but after a burst of
+multi-megabyte tensors and JSON buffers the process keeps its peak RSS. Fixing glibc's mmap
+and trim thresholds instead (what this module did before) returned the memory but cost every
+OCR run its page faults: 23.5 -> 28 ms a run (bench/README.md). So the heaps are trimmed
+(malloc_trim) once no request has been in flight for IDLE_SECONDS, in a worker thread.
+No effect (and no error) where the C library is not glibc.
 """
 
 from __future__ import annotations
 
+import asyncio
 import ctypes
 import ctypes.util
 import logging
+from collections.abc import Callable
+from functools import cache
 
 log = logging.getLogger(__name__)
 
-# mallopt parameter numbers from glibc's malloc.h.
-M_TRIM_THRESHOLD = -1
-M_MMAP_THRESHOLD = -3
-MMAP_THRESHOLD_BYTES = 256 * 1024
-TRIM_THRESHOLD_BYTES = 1024 * 1024
+# Quiet time after the last request before the heaps are trimmed.
+IDLE_SECONDS = 1.0
 
 
-def tune_malloc() -> bool:
-    """Fix glibc's mmap and trim thresholds; False where there is no glibc mallopt."""
+@cache
+def _malloc_trim() -> Callable[[int], int] | None:
+    """glibc's malloc_trim, or None (musl, macOS)."""
     try:
-        mallopt = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").mallopt
+        function = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim
     except (OSError, AttributeError):
-        return False
-    mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
-    mallopt.restype = ctypes.c_int
-    done = bool(mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD_BYTES)) and bool(
-        mallopt(M_TRIM_THRESHOLD, TRIM_THRESHOLD_BYTES)
-    )
-    log.debug("malloc thresholds fixed: %s", done)
-    return done
+        return None
+    function.argtypes = [ctypes.c_size_t]
+    function.restype = ctypes.c_int
+    trim: Callable[[int], int] = function
+    return trim
+
+
+def trim_heaps() -> bool:
+    """Return every heap's free pages to the OS; True if any memory was released."""
+    trim = _malloc_trim()
+    return bool(trim(0)) if trim is not None else False
+
+
+class IdleTrim:
+    """Counts requests in flight (event loop only); trims the heaps when they stay at zero."""
+
+    def __init__(self, idle_seconds: float = IDLE_SECONDS) -> None:
+        self.idle_seconds = idle_seconds
+        self.busy = 0
+        self._timer: asyncio.TimerHandle | None = None
+        self._trimming: asyncio.Future[bool] | None = None
+        self._last_left = 0.0
+        self.trims = 0
+
+    def enter(self) -> None:
+        self.busy += 1
+
+    def leave(self) -> None:
+        self.busy -= 1
+        if self.busy:
+            return
+        loop = asyncio.get_running_loop()
+        self._last_left = loop.time()
+        if self._timer is None and _malloc_trim() is not None:
+            self._timer = loop.call_later(self.idle_seconds, self._fire)
+
+    def _fire(self) -> None:
+        """Trim if nothing ran for idle_seconds; a gap between steady requests is not idle."""
+        loop = asyncio.get_running_loop()
+        self._timer = None
+        if self.busy or (self._trimming is not None and not self._trimming.done()):
+            return  # busy: the next time it goes quiet schedules another trim
+        quiet = loop.time() - self._last_left
+        if quiet < self.idle_seconds:
+            self._timer = loop.call_later(self.idle_seconds - quiet, self._fire)
+            return
+        self._trimming = loop.run_in_executor(None, trim_heaps)
+        self.trims += 1
+
+    def cancel(self) -> None:
+        """Drop a pending trim (shutdown)."""
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None

@@ -10,6 +10,7 @@ from types import TracebackType
 import numpy as np
 from starlette.exceptions import HTTPException
 
+from service.allocator import IdleTrim
 from service.config import Settings
 from service.errors import BadRequest, ServiceError
 from service.metrics import Metrics, VariantMetrics, mark_resolved
@@ -29,20 +30,26 @@ def usable_cores() -> int:
 class _Tracked:
     """The async context of one request: in flight, then counted with its status and latency."""
 
-    __slots__ = ("_bound", "_counts", "_runtime", "_started")
+    __slots__ = ("_bound", "_counts", "_idle", "_runtime", "_started")
 
     def __init__(
-        self, bound: VariantMetrics, runtime: ModelRuntime, counts: dict[ModelRuntime, int]
+        self,
+        bound: VariantMetrics,
+        runtime: ModelRuntime,
+        counts: dict[ModelRuntime, int],
+        idle: IdleTrim,
     ) -> None:
         self._bound = bound
         self._runtime = runtime
         self._counts = counts
+        self._idle = idle
         self._started = 0.0
 
     async def __aenter__(self) -> None:
         mark_resolved()
         self._bound.in_flight.inc()
         self._counts[self._runtime] = self._counts.get(self._runtime, 0) + 1
+        self._idle.enter()
         self._started = time.perf_counter()
 
     async def __aexit__(
@@ -55,6 +62,7 @@ class _Tracked:
         bound = self._bound
         bound.in_flight.dec()
         self._counts[self._runtime] -= 1
+        self._idle.leave()
         if exc is None:
             status = "200"
         elif isinstance(exc, ServiceError | HTTPException):  # HTTPException: the body limit's 413
@@ -101,11 +109,13 @@ class Inference:
         self._lanes: dict[ModelRuntime, Lane] = {}
         self.in_flight: dict[ModelRuntime, int] = {}
         """Requests inside track() per runtime object (event loop only): what a reload drains."""
+        self.idle = IdleTrim()
+        """Gives the heaps' free memory back once no request has been in flight for a while."""
 
     def track(self, runtime: ModelRuntime) -> _Tracked:
         """Count the request, its outcome and its latency under the variant's labels."""
         bound = self.metrics.variant(runtime.model, runtime.variant)
-        return _Tracked(bound, runtime, self.in_flight)
+        return _Tracked(bound, runtime, self.in_flight, self.idle)
 
     def admit(self, runtime: ModelRuntime) -> Admitted:
         """Wait at the variant's gate (503 past its deadline); pass the result to run()."""
@@ -181,6 +191,7 @@ class Inference:
 
     def close(self) -> None:
         """Stop every lane's workers once their queues are empty (new lanes start on demand)."""
+        self.idle.cancel()
         lanes, self._lanes = self._lanes, {}
         for lane in lanes.values():
             lane.close()

@@ -4,7 +4,7 @@ The build picks a model's default variant by latency on the build machine (x86-6
 VNNI, usually); an ARM gateway or an older Atom can rank the precisions differently. After
 warm-up each ready variant runs the model's own sample, interleaved round by round so
 machine noise falls on every variant alike, within a time budget; the median is its
-latency here.
+latency here. The same rounds give the scheduler its row costs and batch gains.
 """
 
 from __future__ import annotations
@@ -13,6 +13,8 @@ import math
 import statistics
 import time
 from collections.abc import Mapping
+
+import numpy as np
 
 from service.manifest import ModelManifest
 from service.runtime import Feed, ModelRuntime
@@ -24,32 +26,61 @@ FP32 = "fp32"
 # Rounds of the interleaved timing: enough for a stable median, few enough for big models.
 MIN_ROUNDS = 3
 MAX_ROUNDS = 200
+# The batch probe: rows stacked, and pairs timed (fastest of each). Not probed where one row
+# takes over PROBE_MAX_ROW_SECONDS: such models keep the cores busy alone, and the probe
+# would cost the cold start more than it tells.
+BATCH_PROBE = 4
+PROBE_ROUNDS = 3
+PROBE_MAX_ROW_SECONDS = 0.010
 
 
 def measure(runtimes: Mapping[str, ModelRuntime], feed: Feed, budget: float) -> dict[str, float]:
     """Median batch-1 latency (ms) of each ready variant, interleaved, within budget seconds.
 
-    Where even MIN_ROUNDS would overrun the budget (a 200 ms OCR model on a slow box), the
-    figure the load already measured (ModelRuntime.facts.row_seconds, fastest of a few) stands.
+    One pass serves three needs, so loading times nothing twice (cold start): the medians pick
+    the default here, the fastest run seeds each runtime's row cost (the queue's wait
+    estimate), and where the batch axis is dynamic PROBE_ROUNDS pairs of a row alone and
+    BATCH_PROBE stacked rows tell the scheduler whether a row costs less in a batch. At least
+    MIN_ROUNDS run whatever the budget (0 included): the row cost is always needed.
     """
     ready = {name: rt for name, rt in runtimes.items() if rt.ready}
     if not ready:
         return {}
     rows = next(iter(feed.values())).shape[0] if feed else 1
-    per_round = sum(rt.facts.row_seconds * rows for rt in ready.values())
-    rounds = MAX_ROUNDS if per_round <= 0 else min(MAX_ROUNDS, int(budget / per_round))
-    if rounds < MIN_ROUNDS:
-        return {name: rt.facts.row_seconds * rows * 1000 for name, rt in ready.items()}
-    samples: dict[str, list[float]] = {name: [] for name in ready}
+    singles: dict[str, list[float]] = {name: [] for name in ready}
     deadline = time.perf_counter() + budget
-    for _ in range(rounds):
+    probed: dict[str, ModelRuntime] = {}
+    for round_ in range(MAX_ROUNDS):
         for name, runtime in ready.items():
-            started = time.perf_counter()
-            runtime.predict(feed)
-            samples[name].append(time.perf_counter() - started)
-        if time.perf_counter() > deadline and len(samples[name]) >= MIN_ROUNDS:
+            singles[name].append(_timed(runtime, feed) / rows)
+        if round_ == 0:  # the probe comes out of the same budget
+            probed = {
+                name: rt
+                for name, rt in ready.items()
+                if rows == 1 and rt.batch_axis_dynamic and singles[name][0] <= PROBE_MAX_ROW_SECONDS
+            }
+            deadline -= PROBE_ROUNDS * (1 + BATCH_PROBE) * sum(singles[n][0] for n in probed)
+        if round_ + 1 >= MIN_ROUNDS and time.perf_counter() > deadline:
             break
-    return {name: statistics.median(times) * 1000 for name, times in samples.items()}
+    for name, runtime in ready.items():
+        runtime.facts.row_seconds = min(singles[name])
+    if probed:
+        stacked = {name: np.repeat(array, BATCH_PROBE, axis=0) for name, array in feed.items()}
+        alone = dict.fromkeys(probed, math.inf)
+        batched = dict.fromkeys(probed, math.inf)
+        for _ in range(PROBE_ROUNDS):  # pairs back to back: noise falls on both alike
+            for name, runtime in probed.items():
+                alone[name] = min(alone[name], _timed(runtime, feed))
+                batched[name] = min(batched[name], _timed(runtime, stacked))
+        for name, runtime in probed.items():
+            runtime.facts.batch_speedup = alone[name] * BATCH_PROBE / max(batched[name], 1e-9)
+    return {name: statistics.median(times) * rows * 1000 for name, times in singles.items()}
+
+
+def _timed(runtime: ModelRuntime, feed: Feed) -> float:
+    started = time.perf_counter()
+    runtime.predict(feed)
+    return time.perf_counter() - started
 
 
 def choose_default(

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import logging
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from service.allocator import trim_heaps
 from service.config import Settings
 from service.errors import NotFound, NotReady
 from service.manifest import MANIFEST_FILE, ModelManifest, file_sha256
@@ -115,10 +117,15 @@ class Registry:
         )
 
     def load(self) -> None:
-        """Load and warm up every registered variant, one after another (blocking)."""
+        """Load, warm up and time every registered model in turn (blocking).
+
+        The on-box timing budget is shared: what a quick model leaves goes to the next ones.
+        """
         entries = list(self.models.values())
-        for entry in entries:
-            self.load_entry(entry, self.settings.onbox_seconds / max(len(entries), 1))
+        deadline = time.perf_counter() + self.settings.onbox_seconds
+        for left, entry in zip(range(len(entries), 0, -1), entries, strict=True):
+            self.load_entry(entry, max(deadline - time.perf_counter(), 0.0) / left)
+        trim_heaps()  # loading's scratch memory (graph optimisation, warm-up) back to the OS
 
     def load_entry(self, entry: ModelEntry, onbox_seconds: float) -> None:
         """Load, warm up and time one model's variants on this box, then pick its default."""
@@ -132,8 +139,9 @@ class Registry:
             return
         for runtime in entry.runtimes.values():
             runtime.load(feed, self.settings.warmup_runs)
-        if onbox_seconds > 0:
-            entry.onbox_ms = measure(entry.runtimes, feed, onbox_seconds)
+        timed = measure(entry.runtimes, feed, onbox_seconds)
+        if self.settings.onbox_seconds > 0:
+            entry.onbox_ms = timed
         entry.default_variant, entry.default_reason = choose_default(
             entry.manifest, entry.runtimes, entry.onbox_ms, self.settings.default_variant
         )
@@ -142,8 +150,9 @@ class Registry:
             "%s on this box: %s; default %s (%s)",
             entry.name,
             ", ".join(
-                f"{name} {ms:.3f} ms (build machine {_ms(build.get(name))})"
-                for name, ms in entry.onbox_ms.items()
+                f"{name} {ms:.3f} ms (build machine {_ms(build.get(name))}, batch gain "
+                f"{_gain(entry.runtimes[name].facts.batch_speedup)})"
+                for name, ms in timed.items()
             )
             or "not timed",
             entry.default_variant,
@@ -216,3 +225,7 @@ class Registry:
 
 def _ms(value: float | None) -> str:
     return "n/a" if value is None else f"{value:.3f} ms"
+
+
+def _gain(speedup: float | None) -> str:
+    return "not probed" if speedup is None else f"x{speedup:.2f}"

@@ -3,11 +3,9 @@
 from __future__ import annotations
 
 import logging
-import math
 import re
 import threading
 import time
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
@@ -25,9 +23,6 @@ from service.specs import spec_mismatches
 log = logging.getLogger(__name__)
 
 Feed = dict[str, np.ndarray]
-# Rows in the load-time batch timing: enough to show the per-row gain, cheap for big models.
-BATCH_PROBE = 4
-PROBE_MAX_ROW_SECONDS = 0.010
 
 
 # What session.run raises for inputs it cannot take (wrong shapes or types, out-of-range
@@ -56,7 +51,7 @@ class LoadFacts:
     row_seconds: float = 0.0
     """Compute time of one row at batch 1, after warm-up (seeds the queue's wait estimate)."""
     batch_speedup: float | None = None
-    """Cost of a row alone / a row in a batch of BATCH_PROBE; None where the batch axis is fixed."""
+    """Cost of a row alone / a row in a batch (service.onbox.timing); None: not probed."""
 
 
 @dataclass
@@ -137,7 +132,6 @@ class ModelRuntime:
             for _ in range(warmup_runs):
                 self._session.run(None, warmup_feed)
             self.facts.warmup_seconds = time.perf_counter() - started
-            self._time_batches(self._session, warmup_feed)
             self.facts.memory_warm_bytes = max(rss_bytes() - before, 0)
             self.facts.heap_warm_bytes = _growth(heap_before, heap_bytes())
         except Exception as exc:  # a broken file must not take the other variants down
@@ -146,13 +140,11 @@ class ModelRuntime:
             return
         self.state = State.READY
         log.info(
-            "loaded %s in %.2f s (warm-up %.2f s, +%.1f MB RSS, %.3f ms/row, batch gain %s)",
+            "loaded %s in %.2f s (warm-up %.2f s, +%.1f MB RSS)",
             self.name,
             self.facts.load_seconds,
             self.facts.warmup_seconds,
             self.facts.memory_warm_bytes / 1e6,
-            self.facts.row_seconds * 1000,
-            "n/a" if self.facts.batch_speedup is None else f"x{self.facts.batch_speedup:.2f}",
         )
 
     def predict(self, feed: Feed, outputs: list[str] | None = None) -> dict[str, np.ndarray]:
@@ -182,26 +174,6 @@ class ModelRuntime:
         """Every input and output takes any number of rows: requests can be stacked."""
         return all(spec.shape[:1] == [-1] for spec in (*self.inputs, *self.outputs))
 
-    def _time_batches(self, session: ort.InferenceSession, feed: Feed) -> None:
-        """Time a row alone and in a batch, so the scheduler batches only where it pays.
-
-        Interleaved, fastest of three each (the least noisy figure on a shared machine). Not
-        probed where one row already takes over PROBE_MAX_ROW_SECONDS: such models keep the
-        cores busy alone, and the probe would cost the cold start more than it tells.
-        """
-        rows = next(iter(feed.values())).shape[0] if feed else 1
-        single = _fastest(lambda: session.run(None, feed), 2) / max(rows, 1)
-        self.facts.row_seconds = single
-        if not self.batch_axis_dynamic or rows != 1 or single > PROBE_MAX_ROW_SECONDS:
-            return
-        stacked = {name: np.repeat(array, BATCH_PROBE, axis=0) for name, array in feed.items()}
-        batched = math.inf
-        for _ in range(3):
-            single = min(single, _fastest(lambda: session.run(None, feed), 1))
-            batched = min(batched, _fastest(lambda: session.run(None, stacked), 1))
-        self.facts.row_seconds = single
-        self.facts.batch_speedup = single * BATCH_PROBE / max(batched, 1e-9)
-
     def record(self, ok: bool, queue_ns: int, compute_ns: int, total_ns: int, batch: int) -> None:
         """Add one request to the statistics."""
         with self.stats.lock:
@@ -216,16 +188,6 @@ class ModelRuntime:
                 stats.fail_count += 1
                 stats.fail_ns += total_ns
             stats.last_inference_ms = int(time.time() * 1000)
-
-
-def _fastest(run: Callable[[], object], times: int) -> float:
-    """The quickest of a few runs: the least noisy single figure on a shared machine."""
-    best = math.inf
-    for _ in range(times):
-        started = time.perf_counter()
-        run()
-        best = min(best, time.perf_counter() - started)
-    return best
 
 
 def _growth(before: int | None, after: int | None) -> int | None:
