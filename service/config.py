@@ -67,7 +67,7 @@ class Settings(BaseSettings):
     """Requests waiting per variant for a place in its queue; one more gets a 503 at once."""
 
     queue_deadline_ms: float | None = Field(None, gt=0)
-    """Longest wait for a place in the queue, then 503 + Retry-After; unset: 3 runs (>= 50 ms)."""
+    """Longest wait for a place in the queue, then 503 + Retry-After; unset: 10 runs (>= 50 ms)."""
 
     batching: Literal["auto", "on", "off"] = "auto"
     """Zero-delay batching of queued requests: auto where timing at load shows it pays."""
