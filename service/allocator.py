@@ -52,6 +52,7 @@ class IdleTrim:
         self._timer: asyncio.TimerHandle | None = None
         self._trimming: asyncio.Future[bool] | None = None
         self._last_left = 0.0
+        self._enabled = _malloc_trim() is not None
         self.trims = 0
 
     def enter(self) -> None:
@@ -59,11 +60,11 @@ class IdleTrim:
 
     def leave(self) -> None:
         self.busy -= 1
-        if self.busy:
+        if self.busy or not self._enabled:
             return
         loop = asyncio.get_running_loop()
         self._last_left = loop.time()
-        if self._timer is None and _malloc_trim() is not None:
+        if self._timer is None:
             self._timer = loop.call_later(self.idle_seconds, self._fire)
 
     def _fire(self) -> None:

@@ -11,6 +11,7 @@ import numpy as np
 from starlette.exceptions import HTTPException
 
 from service.allocator import IdleTrim
+from service.bounds import Limits
 from service.config import Settings
 from service.errors import BadRequest, ServiceError
 from service.metrics import Metrics, VariantMetrics, mark_resolved
@@ -103,6 +104,8 @@ class Inference:
     def __init__(self, metrics: Metrics, settings: Settings) -> None:
         self.metrics = metrics
         self.settings = settings
+        self.limits = Limits.of(settings)
+        """What one request may make the server hold (service/bounds.py), read once."""
         self.max_batch_size = settings.max_batch_size
         self.slots = core_slots(usable_cores(), settings.threads)
         self._core_slots = threading.Semaphore(self.slots)

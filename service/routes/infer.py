@@ -3,8 +3,8 @@
 FastAPI's routing, dependency solving and request objects cost more than a small model's whole
 inference (bench/README.md has the profile). InferRoute answers POST .../infer itself and hands
 every other request to the FastAPI app, which still documents the same route in /docs (its
-handler calls the same infer_response). It sits inside the app's other middleware (auth, body
-limit, rejected-request counting), so those apply to it unchanged.
+handler calls the same infer_response). It sits inside the service's other layers (auth, body
+limit, rejected-request counting; service.app.EdgeApp), so those apply to it unchanged.
 """
 
 from __future__ import annotations
@@ -19,7 +19,6 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from service.bounds import DEFAULT_LIMITS, Limits, check_json_outputs
 from service.classification import classify, labels_of
-from service.config import Settings
 from service.errors import BadRequest, PayloadTooLarge, ServiceError, error_headers
 from service.inference import Inference
 from service.protocol import DecodedRequest, decode_request, dumps, encode_response
@@ -38,7 +37,6 @@ _JSON = [(b"content-type", b"application/json")]
 async def infer_response(
     registry: Registry,
     inference: Inference,
-    settings: Settings,
     model: str,
     version: str | None,
     body: bytes,
@@ -47,11 +45,11 @@ async def infer_response(
 ) -> tuple[bytes, dict[str, str]]:
     """One v2 infer call from body bytes to response bytes and headers."""
     runtime = registry.runtime(model, version)
-    limits = Limits.of(settings)
+    limits = inference.limits
     async with inference.track(runtime), inference.admit(runtime) as admitted:
         # Admitted before decoding: a request that cannot be served soon costs no decode.
         decoded = await decode_body(
-            body, header_length, encoding, settings.max_request_bytes, limits
+            body, header_length, encoding, inference.settings.max_request_bytes, limits
         )
         outputs = await inference.run(runtime, decoded.inputs, decoded.outputs, admitted)
         if decoded.class_counts:
@@ -112,13 +110,10 @@ def _int_or_zero(text: str) -> int:
 class InferRoute:
     """ASGI middleware: POST /v2/models/{model}[/versions/{version}]/infer answered here."""
 
-    def __init__(
-        self, app: ASGIApp, registry: Registry, inference: Inference, settings: Settings
-    ) -> None:
+    def __init__(self, app: ASGIApp, registry: Registry, inference: Inference) -> None:
         self.app = app
         self.registry = registry
         self.inference = inference
-        self.settings = settings
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http" and scope["method"] == "POST":
@@ -143,9 +138,8 @@ class InferRoute:
                 elif name == b"content-encoding":
                     encoding = value.decode("latin-1")
             content, headers = await infer_response(
-                self.registry, self.inference, self.settings, model, version,
-                body, header_length, encoding,
-            )  # fmt: skip
+                self.registry, self.inference, model, version, body, header_length, encoding
+            )
             status = 200
             raw_headers = [(k.lower().encode("latin-1"), v.encode()) for k, v in headers.items()]
         except ServiceError as exc:

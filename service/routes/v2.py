@@ -9,7 +9,7 @@ import numpy as np
 from fastapi import APIRouter, Request, Response
 
 from service import __version__
-from service.bounds import Limits, check_finite_inputs, check_json_outputs
+from service.bounds import check_finite_inputs, check_json_outputs
 from service.errors import NotReady
 from service.protocol import (
     HEADER_LENGTH,
@@ -235,7 +235,7 @@ async def infer(
 ) -> Response:
     """Served by service.routes.infer.InferRoute (plain ASGI); declared here for /docs."""
     body, headers = await infer_response(
-        registry, inference, request.app.state.settings, model, version, await request.body(),
+        registry, inference, model, version, await request.body(),
         request.headers.get(HEADER_LENGTH), request.headers.get("content-encoding"),
     )  # fmt: skip
     return Response(content=body, headers=headers)
@@ -260,7 +260,7 @@ async def compare(
             started = time.perf_counter()
             results[runtime.variant] = await inference.run(runtime, decoded.inputs, decoded.outputs)
             latency[runtime.variant] = (time.perf_counter() - started) * 1000.0
-    limits = Limits.of(request.app.state.settings)
+    limits = inference.limits
     every = {f"{v}/{n}": a for v, outputs in results.items() for n, a in outputs.items()}
     check_json_outputs(every, lambda _: False, limits)
     reference = "fp32" if "fp32" in results else next(iter(results))
@@ -319,7 +319,7 @@ async def _decode(request: Request) -> DecodedRequest:
         request.headers.get(HEADER_LENGTH),
         request.headers.get("content-encoding"),
         settings.max_request_bytes,
-        Limits.of(settings),
+        request.app.state.inference.limits,
     )
 
 
