@@ -5,7 +5,8 @@ the same size costs no page faults. That is what a busy server wants, but after 
 multi-megabyte tensors and JSON buffers the process keeps its peak RSS. Fixing glibc's mmap
 and trim thresholds instead (what this module did before) returned the memory but cost every
 OCR run its page faults: 23.5 -> 28 ms a run (bench/README.md). So the heaps are trimmed
-(malloc_trim) once no request has been in flight for IDLE_SECONDS, in a worker thread.
+(malloc_trim), in a worker thread, once a quiet period of IDLE_SECONDS has passed with nothing
+in flight and no request finished: 0.5 to 1 s after the last request.
 No effect (and no error) where the C library is not glibc.
 """
 
@@ -21,7 +22,7 @@ from functools import cache
 log = logging.getLogger(__name__)
 
 # Quiet time after the last request before the heaps are trimmed.
-IDLE_SECONDS = 1.0
+IDLE_SECONDS = 0.5
 
 
 @cache
@@ -49,33 +50,34 @@ class IdleTrim:
     def __init__(self, idle_seconds: float = IDLE_SECONDS) -> None:
         self.idle_seconds = idle_seconds
         self.busy = 0
+        self.trims = 0
+        self._finished = 0
+        self._finished_at_timer = 0
         self._timer: asyncio.TimerHandle | None = None
         self._trimming: asyncio.Future[bool] | None = None
-        self._last_left = 0.0
         self._enabled = _malloc_trim() is not None
-        self.trims = 0
 
     def enter(self) -> None:
         self.busy += 1
 
     def leave(self) -> None:
+        """Cheap on the hot path: with a timer pending (steady traffic) only counts."""
         self.busy -= 1
-        if self.busy or not self._enabled:
+        self._finished += 1
+        if self.busy or self._timer is not None or not self._enabled:
             return
-        loop = asyncio.get_running_loop()
-        self._last_left = loop.time()
-        if self._timer is None:
-            self._timer = loop.call_later(self.idle_seconds, self._fire)
+        self._finished_at_timer = self._finished
+        self._timer = asyncio.get_running_loop().call_later(self.idle_seconds, self._fire)
 
     def _fire(self) -> None:
-        """Trim if nothing ran for idle_seconds; a gap between steady requests is not idle."""
+        """Trim if no request ran since the timer was set; else wait one more quiet period."""
         loop = asyncio.get_running_loop()
         self._timer = None
         if self.busy or (self._trimming is not None and not self._trimming.done()):
             return  # busy: the next time it goes quiet schedules another trim
-        quiet = loop.time() - self._last_left
-        if quiet < self.idle_seconds:
-            self._timer = loop.call_later(self.idle_seconds - quiet, self._fire)
+        if self._finished != self._finished_at_timer:
+            self._finished_at_timer = self._finished
+            self._timer = loop.call_later(self.idle_seconds, self._fire)
             return
         self._trimming = loop.run_in_executor(None, trim_heaps)
         self.trims += 1
