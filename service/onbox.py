@@ -26,9 +26,9 @@ FP32 = "fp32"
 # Rounds of the interleaved timing: enough for a stable median, few enough for big models.
 MIN_ROUNDS = 3
 MAX_ROUNDS = 200
-# The batch probe: rows stacked, and pairs timed (fastest of each). Not probed where one row
-# takes over PROBE_MAX_ROW_SECONDS: such models keep the cores busy alone, and the probe
-# would cost the cold start more than it tells.
+# The batch probe: rows stacked, and pairs timed (fastest of each). Not probed where a row of
+# the model's fastest variant takes over PROBE_MAX_ROW_SECONDS: such models keep the cores busy
+# alone, and the probe would cost the cold start more than it tells.
 BATCH_PROBE = 4
 PROBE_ROUNDS = 3
 PROBE_MAX_ROW_SECONDS = 0.010
@@ -53,12 +53,11 @@ def measure(runtimes: Mapping[str, ModelRuntime], feed: Feed, budget: float) -> 
     for round_ in range(MAX_ROUNDS):
         for name, runtime in ready.items():
             singles[name].append(_timed(runtime, feed) / rows)
-        if round_ == 0:  # the probe comes out of the same budget
-            probed = {
-                name: rt
-                for name, rt in ready.items()
-                if rows == 1 and rt.batch_axis_dynamic and singles[name][0] <= PROBE_MAX_ROW_SECONDS
-            }
+        if round_ == 0 and rows == 1:  # the probe comes out of the same budget
+            # Per model, not per variant: all its variants are probed or none, so that a variant
+            # near the limit (MiniLM FP32 at ~10 ms) is never served unbatched by a coin flip.
+            if min(times[0] for times in singles.values()) <= PROBE_MAX_ROW_SECONDS:
+                probed = {name: rt for name, rt in ready.items() if rt.batch_axis_dynamic}
             deadline -= PROBE_ROUNDS * (1 + BATCH_PROBE) * sum(singles[n][0] for n in probed)
         if round_ + 1 >= MIN_ROUNDS and time.perf_counter() > deadline:
             break
