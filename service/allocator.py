@@ -4,7 +4,7 @@ glibc keeps freed memory in its heaps (one per thread that allocated) so the nex
 the same size costs no page faults. That is what a busy server wants, but after a burst of
 multi-megabyte tensors and JSON buffers the process keeps its peak RSS. Fixing glibc's mmap
 and trim thresholds instead (what this module did before) returned the memory but cost every
-OCR run its page faults: 23.5 -> 28 ms a run (bench/README.md). So the heaps are trimmed
+OCR run its page faults: ~24 -> ~28 ms a run (bench/README.md). So the heaps are trimmed
 (malloc_trim), in a worker thread, once a quiet period of IDLE_SECONDS has passed with nothing
 in flight and no request finished: 0.5 to 1 s after the last request.
 No effect (and no error) where the C library is not glibc.
