@@ -15,11 +15,8 @@ from __future__ import annotations
 import asyncio
 import ctypes
 import ctypes.util
-import logging
 from collections.abc import Callable
 from functools import cache
-
-log = logging.getLogger(__name__)
 
 # Quiet time after the last request before the heaps are trimmed.
 IDLE_SECONDS = 0.5

@@ -51,7 +51,7 @@ class LoadFacts:
     row_seconds: float = 0.0
     """Compute time of one row at batch 1, after warm-up (seeds the queue's wait estimate)."""
     batch_speedup: float | None = None
-    """Cost of a row alone / a row in a batch (service.onbox.timing); None: not probed."""
+    """Cost of a row alone / a row in a batch (service.onbox.measure); None: not probed."""
 
 
 @dataclass
@@ -196,9 +196,6 @@ def _growth(before: int | None, after: int | None) -> int | None:
 
 def _client_reason(exc: Exception) -> str:
     """ORT's complaint about the input's names, shapes or types; nothing from inside the graph."""
-    if not isinstance(exc, ort_errors.InvalidArgument):
-        # Kernel failures carry node names and ORT source paths: the log has them.
-        return "a model operator failed on these values (details in the server log)"
     # ORT prefixes messages with "[ONNXRuntimeError] : 2 : INVALID_ARGUMENT : ".
     text = " ".join(str(exc).split()).rsplit(" : ", 1)[-1]
     text = text.split(" Please fix", 1)[0]
