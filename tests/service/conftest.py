@@ -11,6 +11,7 @@ from typing import Any
 import numpy as np
 import onnxruntime as ort
 import pytest
+import tritonclient.http as httpclient
 
 from build_models.plugins.digits import HeldOut, held_out
 from service.sessions import open_session
@@ -62,3 +63,11 @@ def started(servers: ModuleType) -> Iterator[list[Any]]:
     yield running
     for server in running:
         assert servers.stop_server(server) == 0
+
+
+@pytest.fixture(scope="module")
+def client(live_server: Any) -> Iterator[httpclient.InferenceServerClient]:
+    """tritonclient.http, unchanged, pointed at this module's live server."""
+    triton = httpclient.InferenceServerClient(url=live_server.host_port)
+    yield triton
+    triton.close()

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import httpx
@@ -11,13 +11,6 @@ import pytest
 import tritonclient.http as httpclient
 
 Reference = Callable[[str, np.ndarray], np.ndarray]
-
-
-@pytest.fixture(scope="module")
-def client(live_server: Any) -> Iterator[httpclient.InferenceServerClient]:
-    triton = httpclient.InferenceServerClient(url=live_server.host_port)
-    yield triton
-    triton.close()
 
 
 @pytest.mark.parametrize("binary", [True, False], ids=["binary", "json"])

@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
-from typing import Any
+from collections.abc import Callable
 
 import numpy as np
 import pytest
@@ -12,14 +11,6 @@ import tritonclient.http as httpclient
 MODEL = "digits"
 VARIANTS = ("fp32", "int8")
 Reference = Callable[[str, np.ndarray], np.ndarray]
-
-
-@pytest.fixture(scope="module")
-def client(live_server: Any) -> Iterator[httpclient.InferenceServerClient]:
-    """tritonclient.http, unchanged, pointed at the live server."""
-    triton = httpclient.InferenceServerClient(url=live_server.host_port)
-    yield triton
-    triton.close()
 
 
 def infer(
