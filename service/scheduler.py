@@ -8,9 +8,11 @@ newest while the queue stands (adaptive LIFO). Parking rather than refusing at o
 shared core: refused clients that retry immediately would take half the CPU from session.run.
 Past the gate, requests queue for the lane's worker threads. A worker takes the oldest and,
 where batching is on, every other queued request of the same shape (never waiting for more: a
-lone request runs at once), runs one session.run and hands each request its own rows. All lanes
-share one semaphore of core slots (usable cores // intra-op threads), so the threads of every
-running session together never outnumber the cores.
+lone request runs at once), runs one session.run and hands each request its own rows. Variants
+whose rows cost less than the hand-off to a worker run on the event loop instead, batched the
+same way from the requests that reached the lane in one turn of the loop. All lanes share one
+semaphore of core slots (usable cores // intra-op threads), so the threads of every running
+session together never outnumber the cores.
 """
 
 from __future__ import annotations
@@ -43,7 +45,7 @@ SLOW_DEPTH = 2
 SLOW_RUN_SECONDS = 0.005
 # Batched: requests past the gate per worker, in batches' worth (one running, one filling).
 BATCH_DEPTH = 2
-# Runs expected to take less than this go inline on the event loop (see Lane._inline).
+# Rows expected to take less than this run on the event loop (see Lane._run_gathered).
 INLINE_SECONDS = 0.0002
 # The adaptive deadline: this many runs of the variant, never under MIN_DEADLINE seconds.
 # Clients that retry a 503 at once turn over once per deadline, and every 503 costs the core
@@ -103,6 +105,8 @@ class Lane:
         self._inside = 0
         self._parked: deque[tuple[float, asyncio.Future[None]]] = deque()
         self._queue: deque[_Job] = deque()
+        self._gathered: list[_Job] = []
+        """Requests for the event loop's next run (_run_gathered), in arrival order."""
         self._closed = False
         self._ready = threading.Condition(threading.Lock())
         self._threads = [
@@ -195,51 +199,53 @@ class Lane:
         self, feed: Feed, outputs: list[str] | None, rows: int, arrived: float
     ) -> Done:
         """Queue one validated, admitted request and wait for its rows."""
-        if (
-            self._inside <= 1  # alone in the lane: with company, queue and batch instead
-            and rows * self.runtime.facts.row_seconds < INLINE_SECONDS
-            and not self._queue
-        ):
-            done = self._inline(feed, outputs, rows, arrived)
-            if done is not None:
-                return done
-        future: asyncio.Future[Done] = asyncio.get_running_loop().create_future()
+        if self._closed:
+            raise NotReady(f"model '{self.runtime.model}' is shutting down")
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[Done] = loop.create_future()
         key = (
             tuple((name, array.dtype.str, array.shape[1:]) for name, array in feed.items()),
             tuple(outputs) if outputs else None,
         )
         job = _Job(feed, outputs, rows, key, future, arrived)
-        with self._ready:
-            if self._closed:
-                raise NotReady(f"model '{self.runtime.model}' is shutting down")
-            self._queue.append(job)
-            self._ready.notify()
+        if rows * self.runtime.facts.row_seconds < INLINE_SECONDS:
+            if not self._gathered:
+                loop.call_soon(self._run_gathered)
+            self._gathered.append(job)
+        else:
+            self._hand_over([job])
         return await future
 
-    def _inline(
-        self, feed: Feed, outputs: list[str] | None, rows: int, arrived: float
-    ) -> Done | None:
-        """Run here, on the event loop, when that is cheaper than handing over to a worker.
+    def _hand_over(self, jobs: list[_Job]) -> None:
+        """Queue jobs for the workers (503 once the lane is closed: its workers may be gone)."""
+        with self._ready:
+            if not self._closed:
+                self._queue.extend(jobs)
+                self._ready.notify(len(jobs))
+                return
+        closed = NotReady(f"model '{self.runtime.model}' is shutting down")
+        _resolve([(job, None, closed) for job in jobs])
 
-        Measured on one shared core (bench/README.md): waking a worker thread and waking the
-        loop back costs ~0.2 ms, several times a digits run. Only a request alone in its lane
-        runs here: with others in flight they queue and batch (inline runs one at a time held
-        digits FP32 to 218 req/s under 8 users). The choice uses the load-time
-        row cost, so it does not flap with noise. A free core slot is still needed, so the
-        cores are never oversubscribed; without one the request queues as usual.
+    def _run_gathered(self) -> None:
+        """Run, here on the event loop, what reached the lane in the last turn of the loop.
+
+        For variants whose row costs less than INLINE_SECONDS (at load): waking a worker and
+        waking the loop back costs ~0.2 ms on a shared core, several times a digits run. The
+        requests that arrive together still batch, without waiting for anyone: a lone request
+        runs one loop turn after it arrived. The loop holds a core slot while it runs, so the
+        cores are never oversubscribed; without a free one (or with work already queued for
+        the workers) the requests go to the workers as usual.
         """
-        if not self._slots.acquire(blocking=False):
-            return None
+        pending, self._gathered = deque(self._gathered), []
+        if self._queue or not self._slots.acquire(blocking=False):
+            self._hand_over(list(pending))
+            return
         try:
-            started = time.perf_counter()
-            result = self.runtime.predict(feed, outputs)
-            took = time.perf_counter() - started
+            while pending:
+                jobs, pending = self._take(pending)
+                _resolve(self._outcomes(jobs))
         finally:
             self._slots.release()
-        self._observe_batch(rows)
-        self.row_seconds += _EWMA * (took / rows - self.row_seconds)
-        self.run_seconds += _EWMA * (took - self.run_seconds)
-        return Done(result, started - arrived, took)
 
     def close(self) -> None:
         """Let the workers finish what is queued, then end; parked requests get 503."""
@@ -260,58 +266,65 @@ class Lane:
                     if self._closed:
                         return
                     self._ready.wait()
-                jobs = self._take()
-            try:
-                self._run(jobs)
-            except Exception as exc:  # never lose an accepted request, even to a bug here
-                log.exception("lane %s failed a run", self.runtime.name)
-                _settle([(job, None, exc) for job in jobs])
+                jobs, self._queue = self._take(self._queue)
+            with self._slots:
+                outcomes = self._outcomes(jobs)
+            _settle(outcomes)
 
-    def _take(self) -> list[_Job]:
-        """The oldest job, plus queued jobs of the same shape up to batch_rows (lock held)."""
-        first = self._queue.popleft()
+    def _outcomes(self, jobs: list[_Job]) -> list[tuple[_Job, Done | None, Exception | None]]:
+        """_execute, but an accepted request is never lost, even to a bug here."""
+        try:
+            return self._execute(jobs)
+        except Exception as exc:
+            log.exception("lane %s failed a run", self.runtime.name)
+            return [(job, None, exc) for job in jobs]
+
+    def _take(self, queue: deque[_Job]) -> tuple[list[_Job], deque[_Job]]:
+        """The oldest job plus queued jobs of the same shape up to batch_rows; and the rest."""
+        rest = deque(queue)
+        first = rest.popleft()
         jobs, rows = [first], first.rows
         # A batch no bigger than the deadline's worth of rows: batching must not build tails.
         limit = min(self.batch_rows, int(self.deadline / max(self.row_seconds, 1e-9)))
-        if self.batching and self._queue and rows < limit:
-            kept: deque[_Job] = deque()
-            for job in self._queue:
-                if job.key == first.key and rows + job.rows <= limit:
-                    jobs.append(job)
-                    rows += job.rows
-                else:
-                    kept.append(job)
-            self._queue = kept
-        return jobs
+        if not self.batching or not rest or rows >= limit:
+            return jobs, rest
+        kept: deque[_Job] = deque()
+        for job in rest:
+            if job.key == first.key and rows + job.rows <= limit:
+                jobs.append(job)
+                rows += job.rows
+            else:
+                kept.append(job)
+        return jobs, kept
 
-    def _run(self, jobs: list[_Job]) -> None:
+    def _execute(self, jobs: list[_Job]) -> list[tuple[_Job, Done | None, Exception | None]]:
+        """One run over jobs (a core slot held), timed; each job's outcome."""
         now = time.perf_counter()
         # A safety net: past the gate a request waits about `capacity` runs; far beyond
         # that (a stalled core), its client is better served by a 503 than by a late answer.
         late_after = self.deadline + (self.capacity / self.workers + 1) * self.run_seconds
-        late = [job for job in jobs if now - job.arrived > late_after]
-        if late:
-            _settle([(job, None, self._late(now - job.arrived)) for job in late])
-            jobs = [job for job in jobs if job not in late]
-            if not jobs:
-                return
-        with self._slots:
-            started = time.perf_counter()
-            outcomes = self._batched(jobs) if len(jobs) > 1 else self._single(jobs[0])
-            finished = time.perf_counter()
+        outcomes: list[tuple[_Job, Done | None, Exception | None]] = [
+            (job, None, self._late(now - job.arrived))
+            for job in jobs
+            if now - job.arrived > late_after
+        ]
+        jobs = [job for job in jobs if now - job.arrived <= late_after]
+        if not jobs:
+            return outcomes
+        started = time.perf_counter()
+        results = self._batched(jobs) if len(jobs) > 1 else self._single(jobs[0])
+        took = time.perf_counter() - started
         rows = sum(job.rows for job in jobs)
         self._observe_batch(rows)
-        took = finished - started
         self.run_seconds += _EWMA * (took - self.run_seconds)
         self.row_seconds += _EWMA * (took / rows - self.row_seconds)
-        _settle(
-            [
-                (job, Done(result, started - job.arrived, took), None)
-                if error is None
-                else (job, None, error)
-                for job, result, error in outcomes
-            ]
-        )
+        outcomes += [
+            (job, Done(result, started - job.arrived, took), None)
+            if error is None
+            else (job, None, error)
+            for job, result, error in results
+        ]
+        return outcomes
 
     def _single(self, job: _Job) -> list[tuple[_Job, Result, Exception | None]]:
         try:

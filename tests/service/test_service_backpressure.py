@@ -23,7 +23,7 @@ from service.errors import Overloaded
 from service.manifest import ModelManifest
 from service.processing import Processor
 from service.runtime import ModelRuntime
-from service.scheduler import Lane, core_slots
+from service.scheduler import INLINE_SECONDS, Lane, core_slots
 
 HEADER = "Inference-Header-Content-Length"
 
@@ -107,8 +107,21 @@ def test_parked_request_gets_503_at_the_deadline(runtime: ModelRuntime) -> None:
     lane.close()
 
 
-def test_batched_rows_go_back_to_their_requests(runtime: ModelRuntime) -> None:
+@pytest.fixture
+def row_cost(runtime: ModelRuntime) -> Iterator[Any]:
+    """Set the load-time row cost that sends a lane's runs to the event loop or its workers."""
+    measured = runtime.facts.row_seconds
+
+    def set_cost(seconds: float) -> None:
+        runtime.facts.row_seconds = seconds
+
+    yield set_cost
+    runtime.facts.row_seconds = measured
+
+
+def test_batched_rows_go_back_to_their_requests(runtime: ModelRuntime, row_cost: Any) -> None:
     """Queued requests of different sizes run as one batch; each gets exactly its own rows."""
+    row_cost(0.001)  # over INLINE_SECONDS: the lane's worker runs them
     slots = threading.Semaphore(1)
     batches: list[int] = []
     lane = make_lane(runtime, slots, batch_rows=32, observe=batches.append)
@@ -130,6 +143,55 @@ def test_batched_rows_go_back_to_their_requests(runtime: ModelRuntime) -> None:
         expected = runtime.predict(feed)["logits"]
         assert np.array_equal(result.result["logits"], expected)
     assert batches == [1, 11]  # the first alone (taken at once), the other four stacked
+
+
+def test_tiny_rows_arriving_together_run_as_one_batch_on_the_event_loop(
+    runtime: ModelRuntime, row_cost: Any
+) -> None:
+    """Rows cheaper than the hand-off to a worker: one run on the loop for one loop turn's."""
+    row_cost(INLINE_SECONDS / 8)  # each of these requests' rows together cost less than that
+    runs: list[tuple[int, str]] = []
+    lane = make_lane(
+        runtime,
+        threading.Semaphore(1),
+        batch_rows=32,
+        observe=lambda rows: runs.append((rows, threading.current_thread().name)),
+    )
+    feeds = [digits(rows, seed) for seed, rows in enumerate((1, 3, 2))]
+
+    async def scenario() -> list[Any]:
+        return list(await asyncio.gather(*(submit(lane, feed) for feed in feeds)))
+
+    done = asyncio.run(scenario())
+    lane.close()
+    assert runs == [(6, threading.main_thread().name)]
+    for feed, result in zip(feeds, done, strict=True):
+        assert np.array_equal(result.result["logits"], runtime.predict(feed)["logits"])
+
+
+def test_tiny_rows_go_to_the_worker_when_no_core_slot_is_free(
+    runtime: ModelRuntime, row_cost: Any
+) -> None:
+    row_cost(INLINE_SECONDS / 2)
+    slots = threading.Semaphore(1)
+    threads: list[str] = []
+    lane = make_lane(
+        runtime, slots, observe=lambda rows: threads.append(threading.current_thread().name)
+    )
+
+    async def scenario() -> Any:
+        slots.acquire()  # another lane's run holds the only core
+        request = submit(lane, digits(1, 0))
+        for _ in range(3):  # the request reaches the lane, then its loop turn ends
+            await asyncio.sleep(0)
+        assert not request.done()
+        slots.release()
+        return await request
+
+    done = asyncio.run(scenario())
+    lane.close()
+    assert threads == ["lane-digits/int8-0"]
+    assert done.result["logits"].shape == (1, 10)
 
 
 def test_unbatched_lane_runs_one_request_per_run(runtime: ModelRuntime) -> None:
