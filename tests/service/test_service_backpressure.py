@@ -160,6 +160,8 @@ def test_tiny_rows_arriving_together_run_as_one_batch_on_the_event_loop(
     feeds = [digits(rows, seed) for seed, rows in enumerate((1, 3, 2))]
 
     async def scenario() -> list[Any]:
+        for _ in feeds:  # all three past the gate: none of them is alone in the lane
+            await lane.admit()
         return list(await asyncio.gather(*(submit(lane, feed) for feed in feeds)))
 
     done = asyncio.run(scenario())
@@ -167,6 +169,22 @@ def test_tiny_rows_arriving_together_run_as_one_batch_on_the_event_loop(
     assert runs == [(6, threading.main_thread().name)]
     for feed, result in zip(feeds, done, strict=True):
         assert np.array_equal(result.result["logits"], runtime.predict(feed)["logits"])
+
+
+def test_a_tiny_request_alone_in_its_lane_runs_at_once(
+    runtime: ModelRuntime, row_cost: Any
+) -> None:
+    row_cost(INLINE_SECONDS / 8)
+    lane = make_lane(runtime, threading.Semaphore(1))
+
+    async def scenario() -> bool:
+        await lane.admit()
+        request = submit(lane, digits(1, 0))
+        await asyncio.sleep(0)  # one step of the request: no second loop turn
+        return request.done()
+
+    assert asyncio.run(scenario())
+    lane.close()
 
 
 def test_tiny_rows_go_to_the_worker_when_no_core_slot_is_free(
