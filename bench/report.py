@@ -204,6 +204,9 @@ def _le(value: float | None, bound: float) -> bool | None:
     return None if value is None or math.isnan(value) else value <= bound
 
 
+LONGER = " (slow cells longer, up to 8 s: ~8 answers per connection)"
+
+
 def markdown(results: dict[str, Any]) -> str:
     """The whole report."""
     meta = results["meta"]
@@ -215,7 +218,8 @@ def markdown(results: dict[str, Any]) -> str:
         "",
         f"{meta['cpu']}, {meta['cores']} cores; server on core {meta['server_core']}, load "
         f"generator (wrk, 1 thread) on core {meta['load_core']}. {meta['rounds']} rounds of "
-        f"{meta['seconds_per_run']:g} s per cell, configurations interleaved; each figure is "
+        f"{meta['seconds_per_run']:g} s per cell{'' if meta['quick'] else LONGER}, "
+        "configurations interleaved; each figure is "
         f"the median of the rounds ± their spread ((max - min) / median). Rates count 200s only. "
         f"Load average {load[0][0]:.2f} before, {load[1][0]:.2f} after. "
         f"Versions: {', '.join(f'{k} {v}' for k, v in meta['versions'].items())}.",
