@@ -17,9 +17,7 @@ async def _connected() -> tuple[asyncio.Transport, socket.socket]:
     """A real transport on one end of a socket pair; the other end stays a plain socket."""
     ours, peer = socket.socketpair()
     peer.setblocking(False)
-    transport, _ = await asyncio.get_running_loop().connect_accepted_socket(
-        asyncio.Protocol, ours
-    )
+    transport, _ = await asyncio.get_running_loop().connect_accepted_socket(asyncio.Protocol, ours)
     return transport, peer
 
 
