@@ -12,6 +12,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from service import __version__
+from service.arrivals import ARRIVALS
 from service.auth import BearerAuth, load_api_keys
 from service.config import Settings
 from service.docs import install_docs
@@ -38,6 +39,7 @@ class EdgeApp(FastAPI):
     edge: ASGIApp | None = None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        ARRIVALS.entered()
         await (self.edge or self.framework)(scope, receive, send)
 
     async def framework(self, scope: Scope, receive: Receive, send: Send) -> None:

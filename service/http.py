@@ -11,7 +11,10 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+from uvicorn._types import ASGI3Application
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol, RequestResponseCycle
+
+from service.arrivals import ARRIVALS
 
 
 class CoalescingTransport:
@@ -55,7 +58,15 @@ class CoalescingTransport:
 
 
 class CoalescingHttpToolsProtocol(HttpToolsProtocol):
-    """uvicorn's httptools protocol on a CoalescingTransport (`uvicorn.Config(http=...)`)."""
+    """uvicorn's httptools protocol on a CoalescingTransport (`uvicorn.Config(http=...)`).
+
+    It also counts the request tasks it starts (service.arrivals), which the app counts off as
+    it enters them: the lanes batch tiny requests only when others are on their way.
+    """
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(CoalescingTransport(transport, self.loop))  # type: ignore[arg-type]
+
+    def _start_asgi_task(self, cycle: RequestResponseCycle, app: ASGI3Application) -> None:
+        super()._start_asgi_task(cycle, app)
+        ARRIVALS.started()

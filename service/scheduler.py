@@ -28,6 +28,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from service.arrivals import ARRIVALS
 from service.errors import NotReady, Overloaded, ServiceError
 from service.runtime import Feed, ModelRuntime
 
@@ -209,9 +210,16 @@ class Lane:
         )
         job = _Job(feed, outputs, rows, key, future, arrived)
         if rows * self.runtime.facts.row_seconds < INLINE_SECONDS:
-            alone = self._inside <= 1 and not self._gathered and not self._queue
+            # Alone, and no request on its way in this loop turn: nobody to batch with, so run
+            # now (the extra loop turn cost digits ~10% of its req/s at one client).
+            alone = (
+                self._inside <= 1
+                and not self._gathered
+                and not self._queue
+                and not ARRIVALS.waiting
+            )
             self._gathered.append(job)
-            if alone:  # nobody to batch with: run now (a loop turn cost c=1 ~10% of req/s)
+            if alone:
                 self._run_gathered()
             elif len(self._gathered) == 1:
                 loop.call_soon(self._run_gathered)

@@ -19,6 +19,7 @@ import httpx
 import numpy as np
 import pytest
 
+from service.arrivals import ARRIVALS
 from service.errors import Overloaded
 from service.manifest import ModelManifest
 from service.processing import Processor
@@ -184,6 +185,29 @@ def test_a_tiny_request_alone_in_its_lane_runs_at_once(
         return request.done()
 
     assert asyncio.run(scenario())
+    lane.close()
+
+
+def test_a_tiny_request_waits_one_loop_turn_for_requests_on_their_way(
+    runtime: ModelRuntime, row_cost: Any
+) -> None:
+    """uvicorn has started another request's task (service.arrivals): batch with it."""
+    row_cost(INLINE_SECONDS / 8)
+    lane = make_lane(runtime, threading.Semaphore(1))
+
+    async def scenario() -> tuple[bool, bool]:
+        await lane.admit()
+        ARRIVALS.started()
+        try:
+            request = submit(lane, digits(1, 0))
+            await asyncio.sleep(0)
+            after_one_step = request.done()
+            await request
+            return after_one_step, request.done()
+        finally:
+            ARRIVALS.entered()
+
+    assert asyncio.run(scenario()) == (False, True)
     lane.close()
 
 
