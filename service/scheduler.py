@@ -192,7 +192,7 @@ class Lane:
         if place.done():
             return
         self._parked.remove((arrived, place))
-        place.set_exception(self._late(time.perf_counter() - arrived))
+        place.set_exception(self._overdue(time.perf_counter() - arrived))
 
     # --- the queue -------------------------------------------------------------------------
 
@@ -202,6 +202,19 @@ class Lane:
         """Queue one validated, admitted request and wait for its rows."""
         if self._closed:
             raise NotReady(f"model '{self.runtime.model}' is shutting down")
+        tiny = rows * self.runtime.facts.row_seconds < INLINE_SECONDS
+        # Tiny, alone, and no request on its way in this loop turn: nobody to batch with, so
+        # run now (waiting a loop turn cost digits ~10% of its req/s at one client).
+        if (
+            tiny
+            and self._inside <= 1
+            and not self._gathered
+            and not self._queue
+            and not ARRIVALS.waiting
+        ):
+            done = self._inline(feed, outputs, rows, arrived)
+            if done is not None:
+                return done
         loop = asyncio.get_running_loop()
         future: asyncio.Future[Done] = loop.create_future()
         key = (
@@ -209,23 +222,30 @@ class Lane:
             tuple(outputs) if outputs else None,
         )
         job = _Job(feed, outputs, rows, key, future, arrived)
-        if rows * self.runtime.facts.row_seconds < INLINE_SECONDS:
-            # Alone, and no request on its way in this loop turn: nobody to batch with, so run
-            # now (the extra loop turn cost digits ~10% of its req/s at one client).
-            alone = (
-                self._inside <= 1
-                and not self._gathered
-                and not self._queue
-                and not ARRIVALS.waiting
-            )
+        if tiny:
             self._gathered.append(job)
-            if alone:
-                self._run_gathered()
-            elif len(self._gathered) == 1:
+            if len(self._gathered) == 1:
                 loop.call_soon(self._run_gathered)
         else:
             self._hand_over([job])
         return await future
+
+    def _inline(
+        self, feed: Feed, outputs: list[str] | None, rows: int, arrived: float
+    ) -> Done | None:
+        """Run one request here and now (a free core slot needed; None without one)."""
+        if not self._slots.acquire(blocking=False):
+            return None
+        try:
+            started = time.perf_counter()
+            result = self.runtime.predict(feed, outputs)
+            took = time.perf_counter() - started
+        finally:
+            self._slots.release()
+        self._observe_batch(rows)
+        self.row_seconds += _EWMA * (took / rows - self.row_seconds)
+        self.run_seconds += _EWMA * (took - self.run_seconds)
+        return Done(result, started - arrived, took)
 
     def _hand_over(self, jobs: list[_Job]) -> None:
         """Queue jobs for the workers (503 once the lane is closed: its workers may be gone)."""
@@ -278,8 +298,11 @@ class Lane:
                         return
                     self._ready.wait()
                 jobs, self._queue = self._take(self._queue)
-            with self._slots:
-                outcomes = self._outcomes(jobs)
+            outcomes = self._late(jobs)
+            jobs = [job for job in jobs if job not in {late for late, _, _ in outcomes}]
+            if jobs:
+                with self._slots:
+                    outcomes += self._outcomes(jobs)
             _settle(outcomes)
 
     def _outcomes(self, jobs: list[_Job]) -> list[tuple[_Job, Done | None, Exception | None]]:
@@ -308,20 +331,24 @@ class Lane:
                 kept.append(job)
         return jobs, kept
 
-    def _execute(self, jobs: list[_Job]) -> list[tuple[_Job, Done | None, Exception | None]]:
-        """One run over jobs (a core slot held), timed; each job's outcome."""
+    def _late(self, jobs: list[_Job]) -> list[tuple[_Job, Done | None, Exception | None]]:
+        """503s for the jobs a worker took far past their time: its client has given up.
+
+        A safety net for the workers' queue: past the gate a request waits about `capacity`
+        runs; far beyond that (a stalled core) a 503 serves its client better than a late
+        answer. Not on the event loop's path, where the run is micro-seconds away.
+        """
         now = time.perf_counter()
-        # A safety net: past the gate a request waits about `capacity` runs; far beyond
-        # that (a stalled core), its client is better served by a 503 than by a late answer.
         late_after = self.deadline + (self.capacity / self.workers + 1) * self.run_seconds
-        outcomes: list[tuple[_Job, Done | None, Exception | None]] = [
-            (job, None, self._late(now - job.arrived))
+        return [
+            (job, None, self._overdue(now - job.arrived))
             for job in jobs
             if now - job.arrived > late_after
         ]
-        jobs = [job for job in jobs if now - job.arrived <= late_after]
-        if not jobs:
-            return outcomes
+
+    def _execute(self, jobs: list[_Job]) -> list[tuple[_Job, Done | None, Exception | None]]:
+        """One run over jobs (a core slot held), timed; each job's outcome."""
+        outcomes: list[tuple[_Job, Done | None, Exception | None]] = []
         started = time.perf_counter()
         results = self._batched(jobs) if len(jobs) > 1 else self._single(jobs[0])
         took = time.perf_counter() - started
@@ -363,7 +390,7 @@ class Lane:
             offset = end
         return outcomes
 
-    def _late(self, waited: float) -> Overloaded:
+    def _overdue(self, waited: float) -> Overloaded:
         return Overloaded(
             f"model '{self.runtime.model}' version '{self.runtime.variant}' is busy: waited "
             f"{waited * 1000:.0f} ms, over the {self.deadline * 1000:.0f} ms queue deadline "
