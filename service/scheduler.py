@@ -74,6 +74,10 @@ class _Job:
     arrived: float
 
 
+_Outcome = tuple[_Job, Done | None, Exception | None]
+"""A job's answer: its rows, or the error its request gets."""
+
+
 def core_slots(cores: int, threads: int) -> int:
     """Concurrent session.run calls the cores hold without oversubscription (at least 1)."""
     return max(1, cores // max(1, threads))
@@ -299,13 +303,15 @@ class Lane:
                     self._ready.wait()
                 jobs, self._queue = self._take(self._queue)
             outcomes = self._late(jobs)
-            jobs = [job for job in jobs if job not in {late for late, _, _ in outcomes}]
+            if outcomes:
+                overdue = {job for job, _, _ in outcomes}
+                jobs = [job for job in jobs if job not in overdue]
             if jobs:
                 with self._slots:
                     outcomes += self._outcomes(jobs)
             _settle(outcomes)
 
-    def _outcomes(self, jobs: list[_Job]) -> list[tuple[_Job, Done | None, Exception | None]]:
+    def _outcomes(self, jobs: list[_Job]) -> list[_Outcome]:
         """_execute, but an accepted request is never lost, even to a bug here."""
         try:
             return self._execute(jobs)
@@ -331,7 +337,7 @@ class Lane:
                 kept.append(job)
         return jobs, kept
 
-    def _late(self, jobs: list[_Job]) -> list[tuple[_Job, Done | None, Exception | None]]:
+    def _late(self, jobs: list[_Job]) -> list[_Outcome]:
         """503s for the jobs a worker took far past their time: its client has given up.
 
         A safety net for the workers' queue: past the gate a request waits about `capacity`
@@ -346,9 +352,8 @@ class Lane:
             if now - job.arrived > late_after
         ]
 
-    def _execute(self, jobs: list[_Job]) -> list[tuple[_Job, Done | None, Exception | None]]:
+    def _execute(self, jobs: list[_Job]) -> list[_Outcome]:
         """One run over jobs (a core slot held), timed; each job's outcome."""
-        outcomes: list[tuple[_Job, Done | None, Exception | None]] = []
         started = time.perf_counter()
         results = self._batched(jobs) if len(jobs) > 1 else self._single(jobs[0])
         took = time.perf_counter() - started
@@ -356,13 +361,12 @@ class Lane:
         self._observe_batch(rows)
         self.run_seconds += _EWMA * (took - self.run_seconds)
         self.row_seconds += _EWMA * (took / rows - self.row_seconds)
-        outcomes += [
+        return [
             (job, Done(result, started - job.arrived, took), None)
             if error is None
             else (job, None, error)
             for job, result, error in results
         ]
-        return outcomes
 
     def _single(self, job: _Job) -> list[tuple[_Job, Result, Exception | None]]:
         try:
@@ -398,9 +402,9 @@ class Lane:
         )
 
 
-def _settle(outcomes: list[tuple[_Job, Done | None, Exception | None]]) -> None:
+def _settle(outcomes: list[_Outcome]) -> None:
     """Hand results to the waiting requests on their event loops (one wake-up per loop)."""
-    by_loop: dict[asyncio.AbstractEventLoop, list[tuple[_Job, Done | None, Exception | None]]]
+    by_loop: dict[asyncio.AbstractEventLoop, list[_Outcome]]
     by_loop = {}
     for outcome in outcomes:
         by_loop.setdefault(outcome[0].future.get_loop(), []).append(outcome)
@@ -411,7 +415,7 @@ def _settle(outcomes: list[tuple[_Job, Done | None, Exception | None]]) -> None:
             pass
 
 
-def _resolve(outcomes: list[tuple[_Job, Done | None, Exception | None]]) -> None:
+def _resolve(outcomes: list[_Outcome]) -> None:
     for job, done, error in outcomes:
         if job.future.done():  # the request was cancelled meanwhile
             continue
