@@ -160,7 +160,8 @@ class Lane:
         loop = asyncio.get_running_loop()
         place: asyncio.Future[None] = loop.create_future()
         self._parked.append((arrived, place))
-        timer = loop.call_later(self.deadline, self._expire, place, arrived)
+        deadline = self.deadline  # adaptive: the 503 names the one this request was given
+        timer = loop.call_later(deadline, self._expire, place, arrived, deadline)
         try:
             await place
         except asyncio.CancelledError:
@@ -192,11 +193,11 @@ class Lane:
                 return
         self._inside -= 1
 
-    def _expire(self, place: asyncio.Future[None], arrived: float) -> None:
+    def _expire(self, place: asyncio.Future[None], arrived: float, deadline: float) -> None:
         if place.done():
             return
         self._parked.remove((arrived, place))
-        place.set_exception(self._overdue(time.perf_counter() - arrived))
+        place.set_exception(self._overdue(time.perf_counter() - arrived, deadline))
 
     # --- the queue -------------------------------------------------------------------------
 
@@ -347,7 +348,7 @@ class Lane:
         now = time.perf_counter()
         late_after = self.deadline + (self.capacity / self.workers + 1) * self.run_seconds
         return [
-            (job, None, self._overdue(now - job.arrived))
+            (job, None, self._overdue(now - job.arrived, self.deadline))
             for job in jobs
             if now - job.arrived > late_after
         ]
@@ -394,10 +395,10 @@ class Lane:
             offset = end
         return outcomes
 
-    def _overdue(self, waited: float) -> Overloaded:
+    def _overdue(self, waited: float, deadline: float) -> Overloaded:
         return Overloaded(
             f"model '{self.runtime.model}' version '{self.runtime.variant}' is busy: waited "
-            f"{waited * 1000:.0f} ms, over the {self.deadline * 1000:.0f} ms queue deadline "
+            f"{waited * 1000:.0f} ms, over the {deadline * 1000:.0f} ms queue deadline "
             "(EDGE_QUEUE_DEADLINE_MS); retry shortly"
         )
 
