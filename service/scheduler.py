@@ -247,10 +247,14 @@ class Lane:
             took = time.perf_counter() - started
         finally:
             self._slots.release()
-        self._observe_batch(rows)
-        self.row_seconds += _EWMA * (took / rows - self.row_seconds)
-        self.run_seconds += _EWMA * (took - self.run_seconds)
+        self._ran(rows, took)
         return Done(result, started - arrived, took)
+
+    def _ran(self, rows: int, took: float) -> None:
+        """Record one run: its rows in the batch histogram, its time in the cost estimates."""
+        self._observe_batch(rows)
+        self.run_seconds += _EWMA * (took - self.run_seconds)
+        self.row_seconds += _EWMA * (took / rows - self.row_seconds)
 
     def _hand_over(self, jobs: list[_Job]) -> None:
         """Queue jobs for the workers (503 once the lane is closed: its workers may be gone)."""
@@ -358,10 +362,7 @@ class Lane:
         started = time.perf_counter()
         results = self._batched(jobs) if len(jobs) > 1 else self._single(jobs[0])
         took = time.perf_counter() - started
-        rows = sum(job.rows for job in jobs)
-        self._observe_batch(rows)
-        self.run_seconds += _EWMA * (took - self.run_seconds)
-        self.row_seconds += _EWMA * (took / rows - self.row_seconds)
+        self._ran(sum(job.rows for job in jobs), took)
         return [
             (job, Done(result, started - job.arrived, took), None)
             if error is None
