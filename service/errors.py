@@ -65,6 +65,15 @@ class Overloaded(ServiceError):
     retry_after = 1
 
 
+class ClientGone(ServiceError):
+    """The client closed its connection while its request waited: the request is not run.
+
+    499, nginx's "client closed request": nobody reads it, but it counts in the metrics.
+    """
+
+    status_code = 499
+
+
 def error_response(
     status_code: int, message: str, headers: dict[str, str] | None = None
 ) -> JSONResponse:

@@ -15,6 +15,7 @@ from uvicorn._types import ASGI3Application
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol, RequestResponseCycle
 
 from service.arrivals import ARRIVALS
+from service.connections import SCOPE_KEY
 
 
 class CoalescingTransport:
@@ -61,12 +62,15 @@ class CoalescingHttpToolsProtocol(HttpToolsProtocol):
     """uvicorn's httptools protocol on a CoalescingTransport (`uvicorn.Config(http=...)`).
 
     It also counts the request tasks it starts (service.arrivals), which the app counts off as
-    it enters them: the lanes batch tiny requests only when others are on their way.
+    it enters them: the lanes batch tiny requests only when others are on their way. And it
+    gives each request its connection (service.connections): lanes skip the requests of
+    clients that have left.
     """
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(CoalescingTransport(transport, self.loop))  # type: ignore[arg-type]
 
     def _start_asgi_task(self, cycle: RequestResponseCycle, app: ASGI3Application) -> None:
+        cycle.scope["extensions"] = {SCOPE_KEY: {"connection": cycle}}
         super()._start_asgi_task(cycle, app)
         ARRIVALS.started()

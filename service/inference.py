@@ -13,6 +13,7 @@ from starlette.exceptions import HTTPException
 from service.allocator import IdleTrim
 from service.bounds import Limits
 from service.config import Settings
+from service.connections import Connection
 from service.errors import BadRequest, ServiceError
 from service.metrics import Metrics, VariantMetrics, mark_resolved
 from service.protocol import datatype_of
@@ -79,14 +80,15 @@ class _Tracked:
 class Admitted:
     """A place past a variant's gate, held from before the body is decoded until the answer."""
 
-    __slots__ = ("_lane", "arrived")
+    __slots__ = ("_lane", "arrived", "connection")
 
-    def __init__(self, lane: Lane) -> None:
+    def __init__(self, lane: Lane, connection: Connection | None = None) -> None:
         self._lane = lane
+        self.connection = connection
         self.arrived = 0.0
 
     async def __aenter__(self) -> Admitted:
-        self.arrived = await self._lane.admit()
+        self.arrived = await self._lane.admit(self.connection)
         return self
 
     async def __aexit__(
@@ -120,9 +122,12 @@ class Inference:
         bound = self.metrics.variant(runtime.model, runtime.variant)
         return _Tracked(bound, runtime, self.in_flight, self.idle)
 
-    def admit(self, runtime: ModelRuntime) -> Admitted:
-        """Wait at the variant's gate (503 past its deadline); pass the result to run()."""
-        return Admitted(self.lane(runtime))
+    def admit(self, runtime: ModelRuntime, connection: Connection | None = None) -> Admitted:
+        """Wait at the variant's gate (503 past its deadline); pass the result to run().
+
+        With the request's connection, a request whose client has left is not run (499).
+        """
+        return Admitted(self.lane(runtime), connection)
 
     async def run(
         self,
@@ -142,7 +147,7 @@ class Inference:
             async with Admitted(lane) as place:
                 done = await lane.submit(feed, outputs, rows, place.arrived)
         else:
-            done = await lane.submit(feed, outputs, rows, admitted.arrived)
+            done = await lane.submit(feed, outputs, rows, admitted.arrived, admitted.connection)
         bound = self.metrics.variant(runtime.model, runtime.variant)
         bound.queue_seconds.observe(done.queue_seconds)
         bound.compute_seconds.observe(done.compute_seconds)

@@ -53,7 +53,7 @@ LATENCY_BUCKETS = (
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128)
 LABELS = ("model", "version")
 # Outcomes that exist from the first scrape, so rate() and error ratios start at zero.
-RESOLVED_STATUSES = ("200", "400", "500", "503")
+RESOLVED_STATUSES = ("200", "400", "499", "500", "503")
 REJECTED_STATUSES = ("400", "404", "413", "422", "503")
 # POSTs here are inference requests (v2 infer/compare and the task endpoints).
 INFERENCE_PREFIXES = ("/v2/models/", "/tasks/")

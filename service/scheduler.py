@@ -6,6 +6,8 @@ the deadline passes, when they get a 503 with Retry-After. A request that finds 
 already parked gets that 503 at once. A freed place goes to the oldest parked request, or to the
 newest while the queue stands (adaptive LIFO). Parking rather than refusing at once matters on a
 shared core: refused clients that retry immediately would take half the CPU from session.run.
+A request whose client has left by the time it gets a place, or by the time a worker would run
+it, is not run (service.connections).
 Past the gate, requests queue for the lane's worker threads. A worker takes the oldest and,
 where batching is on, every other queued request of the same shape (never waiting for more: a
 lone request runs at once), runs one session.run and hands each request its own rows. Variants
@@ -29,7 +31,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from service.arrivals import ARRIVALS
-from service.errors import NotReady, Overloaded, ServiceError
+from service.connections import Connection
+from service.errors import ClientGone, NotReady, Overloaded, ServiceError
 from service.runtime import Feed, ModelRuntime
 
 log = logging.getLogger(__name__)
@@ -72,6 +75,7 @@ class _Job:
     key: tuple[object, ...]
     future: asyncio.Future[Done]
     arrived: float
+    connection: Connection | None
 
 
 _Outcome = tuple[_Job, Done | None, Exception | None]
@@ -144,7 +148,7 @@ class Lane:
 
     # --- the gate (event loop only) ------------------------------------------------------
 
-    async def admit(self) -> float:
+    async def admit(self, connection: Connection | None = None) -> float:
         """Wait for a place past the gate (503 at the deadline, or at once when full)."""
         arrived = time.perf_counter()
         if self._inside < self.capacity and not self._parked:
@@ -172,6 +176,9 @@ class Lane:
             raise
         finally:
             timer.cancel()
+        if connection is not None and connection.disconnected:
+            self.release()  # the place goes on to the next parked request
+            raise _gone()
         return arrived
 
     def release(self) -> None:
@@ -202,7 +209,12 @@ class Lane:
     # --- the queue -------------------------------------------------------------------------
 
     async def submit(
-        self, feed: Feed, outputs: list[str] | None, rows: int, arrived: float
+        self,
+        feed: Feed,
+        outputs: list[str] | None,
+        rows: int,
+        arrived: float,
+        connection: Connection | None = None,
     ) -> Done:
         """Queue one validated, admitted request and wait for its rows."""
         if self._closed:
@@ -226,7 +238,7 @@ class Lane:
             tuple((name, array.dtype.str, array.shape[1:]) for name, array in feed.items()),
             tuple(outputs) if outputs else None,
         )
-        job = _Job(feed, outputs, rows, key, future, arrived)
+        job = _Job(feed, outputs, rows, key, future, arrived, connection)
         if tiny:
             self._gathered.append(job)
             if len(self._gathered) == 1:
@@ -307,12 +319,12 @@ class Lane:
                         return
                     self._ready.wait()
                 jobs, self._queue = self._take(self._queue)
-            outcomes = self._late(jobs)
-            if outcomes:
-                overdue = {job for job, _, _ in outcomes}
-                jobs = [job for job in jobs if job not in overdue]
-            if jobs:
-                with self._slots:
+            with self._slots:  # checked once the slot is ours: the last moment before the run
+                outcomes = self._abandoned(jobs)
+                if outcomes:
+                    dropped = {job for job, _, _ in outcomes}
+                    jobs = [job for job in jobs if job not in dropped]
+                if jobs:
                     outcomes += self._outcomes(jobs)
             _settle(outcomes)
 
@@ -342,20 +354,23 @@ class Lane:
                 kept.append(job)
         return jobs, kept
 
-    def _late(self, jobs: list[_Job]) -> list[_Outcome]:
-        """503s for the jobs a worker took far past their time: its client has given up.
+    def _abandoned(self, jobs: list[_Job]) -> list[_Outcome]:
+        """The jobs a worker is about to run that nobody waits for: their outcome instead.
 
-        A safety net for the workers' queue: past the gate a request waits about `capacity`
-        runs; far beyond that (a stalled core) a 503 serves its client better than a late
-        answer. Not on the event loop's path, where the run is micro-seconds away.
+        499 where the client has closed its connection. 503 where the job waited far past
+        its time: past the gate a request waits about `capacity` runs; far beyond that (a
+        stalled core) its client has most likely given up, and a 503 serves it better than a
+        late answer. Workers only: on the event loop's path the run is micro-seconds away.
         """
         now = time.perf_counter()
         late_after = self.deadline + (self.capacity / self.workers + 1) * self.run_seconds
-        return [
-            (job, None, self._overdue(now - job.arrived, self.deadline))
-            for job in jobs
-            if now - job.arrived > late_after
-        ]
+        outcomes: list[_Outcome] = []
+        for job in jobs:
+            if job.connection is not None and job.connection.disconnected:
+                outcomes.append((job, None, _gone()))
+            elif now - job.arrived > late_after:
+                outcomes.append((job, None, self._overdue(now - job.arrived, self.deadline)))
+        return outcomes
 
     def _execute(self, jobs: list[_Job]) -> list[_Outcome]:
         """One run over jobs (a core slot held), timed; each job's outcome."""
@@ -402,6 +417,10 @@ class Lane:
             f"{waited * 1000:.0f} ms, over the {deadline * 1000:.0f} ms queue deadline "
             "(EDGE_QUEUE_DEADLINE_MS); retry shortly"
         )
+
+
+def _gone() -> ClientGone:
+    return ClientGone("the client closed the connection while its request waited; not run")
 
 
 def _settle(outcomes: list[_Outcome]) -> None:

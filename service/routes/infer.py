@@ -19,6 +19,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from service.bounds import DEFAULT_LIMITS, Limits, check_json_outputs
 from service.classification import classify, labels_of
+from service.connections import Connection, connection_of
 from service.errors import BadRequest, PayloadTooLarge, ServiceError, error_headers
 from service.inference import Inference
 from service.protocol import DecodedRequest, decode_request, dumps, encode_response
@@ -42,11 +43,12 @@ async def infer_response(
     body: bytes,
     header_length: str | None,
     encoding: str | None,
+    connection: Connection | None = None,
 ) -> tuple[bytes, dict[str, str]]:
     """One v2 infer call from body bytes to response bytes and headers."""
     runtime = registry.runtime(model, version)
     limits = inference.limits
-    async with inference.track(runtime), inference.admit(runtime) as admitted:
+    async with inference.track(runtime), inference.admit(runtime, connection) as admitted:
         # Admitted before decoding: a request that cannot be served soon costs no decode.
         decoded = await decode_body(
             body, header_length, encoding, inference.settings.max_request_bytes, limits
@@ -138,8 +140,9 @@ class InferRoute:
                 elif name == b"content-encoding":
                     encoding = value.decode("latin-1")
             content, headers = await infer_response(
-                self.registry, self.inference, model, version, body, header_length, encoding
-            )
+                self.registry, self.inference, model, version, body, header_length, encoding,
+                connection_of(scope),
+            )  # fmt: skip
             status = 200
             raw_headers = [(k.lower().encode("latin-1"), v.encode()) for k, v in headers.items()]
         except ServiceError as exc:

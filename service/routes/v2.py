@@ -10,6 +10,7 @@ from fastapi import APIRouter, Request, Response
 
 from service import __version__
 from service.bounds import check_finite_inputs, check_json_outputs
+from service.connections import connection_of
 from service.errors import NotReady
 from service.protocol import (
     HEADER_LENGTH,
@@ -237,6 +238,7 @@ async def infer(
     body, headers = await infer_response(
         registry, inference, model, version, await request.body(),
         request.headers.get(HEADER_LENGTH), request.headers.get("content-encoding"),
+        connection_of(request.scope),
     )  # fmt: skip
     return Response(content=body, headers=headers)
 

@@ -77,7 +77,7 @@ def before(client: TestClient) -> Samples:
 def test_label_sets_exist_before_any_traffic(before: Samples) -> None:
     for version in VARIANTS:
         labels = {"model": "digits", "version": version}
-        for status in ("200", "400", "500", "503"):
+        for status in ("200", "400", "499", "500", "503"):
             assert value(before, "edge_requests_total", **labels, status=status) == 0
         for histogram in (
             "edge_request_duration_seconds",

@@ -7,10 +7,12 @@ the test sets up rather than a race it hopes to win; nothing here asserts on a d
 from __future__ import annotations
 
 import asyncio
+import socket
 import threading
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -18,9 +20,10 @@ from typing import Any
 import httpx
 import numpy as np
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from service.arrivals import ARRIVALS
-from service.errors import Overloaded
+from service.errors import ClientGone, Overloaded
 from service.manifest import ModelManifest
 from service.processing import Processor
 from service.runtime import ModelRuntime
@@ -249,6 +252,63 @@ def test_unbatched_lane_runs_one_request_per_run(runtime: ModelRuntime) -> None:
     assert batches == [2, 2, 2, 2]
 
 
+@dataclass
+class Connection:
+    """A request's connection as a lane reads it: uvicorn's request cycle has this flag."""
+
+    disconnected: bool = False
+
+
+def test_a_parked_request_whose_client_left_gets_no_place(runtime: ModelRuntime) -> None:
+    lane = make_lane(runtime, threading.Semaphore(1))
+
+    async def scenario() -> None:
+        for _ in range(lane.capacity):
+            await lane.admit()
+        left = Connection()
+        first = asyncio.ensure_future(lane.admit(left))
+        second = asyncio.ensure_future(lane.admit(Connection()))
+        await asyncio.sleep(0)
+        assert lane.parked == 2
+        left.disconnected = True
+        lane.release()  # a place frees for the oldest parked request, whose client has left
+        with pytest.raises(ClientGone):
+            await first
+        await second  # so the place went on to the next one
+        assert lane.parked == 0
+
+    asyncio.run(scenario())
+    lane.close()
+
+
+def test_a_queued_request_whose_client_left_is_not_run(
+    runtime: ModelRuntime, row_cost: Any
+) -> None:
+    row_cost(0.001)  # over INLINE_SECONDS: the lane's worker runs them
+    slots = threading.Semaphore(1)
+    runs: list[int] = []
+    lane = make_lane(runtime, slots, observe=runs.append)
+
+    async def scenario() -> Any:
+        slots.acquire()  # the worker takes the first request, then waits for the core
+        left = Connection()
+        gone = asyncio.ensure_future(lane.submit(digits(2, 0), None, 2, time.perf_counter(), left))
+        await asyncio.sleep(0)
+        await wait_until_taken(lane)
+        stays = submit(lane, digits(3, 1))
+        await asyncio.sleep(0)
+        left.disconnected = True
+        slots.release()
+        with pytest.raises(ClientGone):
+            await gone
+        return await stays
+
+    done = asyncio.run(scenario())
+    lane.close()
+    assert runs == [3]  # only the request whose client stayed was run
+    assert done.result["logits"].shape == (3, 10)
+
+
 # --- over HTTP ------------------------------------------------------------------------------
 
 
@@ -295,3 +355,68 @@ def test_overload_answers_only_200_or_503_with_retry_after(tight_server: Any) ->
             assert list(response.json()) == ["error"]
     metrics = httpx.get(f"{tight_server.url}/metrics").text
     assert 'edge_inference_batch_size_count{model="digits",version="fp32"}' in metrics
+
+
+def test_requests_of_clients_that_hung_up_are_not_run(
+    model_repository: Path, servers: ModuleType, tmp_path: Path
+) -> None:
+    """60 requests of 64 rows on one worker; 50 clients hang up at once, the first 10 wait.
+
+    The server reads every body long before the one worker gets through them, so most of the
+    50 are still waiting when their connection closes: those are counted 499 and never run.
+    """
+    server = servers.start_server(
+        model_repository,
+        tmp_path / "server.log",
+        EDGE_MAX_CONCURRENCY="1",
+        EDGE_BATCHING="off",
+        EDGE_QUEUE_DEADLINE_MS="60000",
+    )
+    try:
+        sent, kept = 60, 10
+        x = np.zeros((64, 1, 8, 8), np.float32).tobytes()
+        header = (
+            b'{"inputs":[{"name":"input","shape":[64,1,8,8],"datatype":"FP32",'
+            b'"parameters":{"binary_data_size":16384}}]}'
+        )
+        host, port = server.url.removeprefix("http://").split(":")
+        request = (
+            (
+                f"POST /v2/models/digits/versions/fp32/infer HTTP/1.1\r\nhost: {host}\r\n"
+                f"content-length: {len(header) + len(x)}\r\n{HEADER}: {len(header)}\r\n\r\n"
+            ).encode()
+            + header
+            + x
+        )
+        clients = [socket.create_connection((host, int(port)), timeout=30) for _ in range(sent)]
+        for client in clients:
+            client.sendall(request)
+        for client in clients[kept:]:
+            client.close()
+        for client in clients[:kept]:
+            with client:
+                assert client.recv(12) == b"HTTP/1.1 200"
+        for _ in range(100):  # until every request is accounted for
+            counts = digits_fp32_counts(server.url)
+            if counts["200"] + counts["499"] == sent:
+                break
+            time.sleep(0.1)
+        assert counts["200"] + counts["499"] == sent
+        assert counts["499"] >= 1
+        assert counts["runs"] == counts["200"]
+    finally:
+        servers.stop_server(server)
+
+
+def digits_fp32_counts(url: str) -> dict[str, float]:
+    """digits/fp32's requests by status, and its session runs, from /metrics."""
+    counts = {"runs": 0.0}
+    for family in text_string_to_metric_families(httpx.get(f"{url}/metrics").text):
+        for sample in family.samples:
+            if sample.labels.get("model") != "digits" or sample.labels.get("version") != "fp32":
+                continue
+            if sample.name == "edge_requests_total":
+                counts[sample.labels["status"]] = sample.value
+            elif sample.name == "edge_inference_batch_size_count":
+                counts["runs"] = sample.value
+    return counts
