@@ -15,7 +15,7 @@ from uvicorn._types import ASGI3Application
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol, RequestResponseCycle
 
 from service.arrivals import ARRIVALS
-from service.connections import SCOPE_KEY
+from service.connections import SCOPE_KEY, Connection
 
 
 class CoalescingTransport:
@@ -68,9 +68,14 @@ class CoalescingHttpToolsProtocol(HttpToolsProtocol):
     """
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        self.connection = Connection()
         super().connection_made(CoalescingTransport(transport, self.loop))  # type: ignore[arg-type]
 
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.connection.disconnected = True
+        super().connection_lost(exc)
+
     def _start_asgi_task(self, cycle: RequestResponseCycle, app: ASGI3Application) -> None:
-        cycle.scope["extensions"] = {SCOPE_KEY: {"connection": cycle}}
+        cycle.scope["extensions"] = {SCOPE_KEY: {"connection": self.connection}}
         super()._start_asgi_task(cycle, app)
         ARRIVALS.started()

@@ -12,7 +12,6 @@ import threading
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -23,6 +22,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from service.arrivals import ARRIVALS
+from service.connections import Connection
 from service.errors import ClientGone, Overloaded
 from service.manifest import ModelManifest
 from service.processing import Processor
@@ -250,13 +250,6 @@ def test_unbatched_lane_runs_one_request_per_run(runtime: ModelRuntime) -> None:
     asyncio.run(scenario())
     lane.close()
     assert batches == [2, 2, 2, 2]
-
-
-@dataclass
-class Connection:
-    """A request's connection as a lane reads it: uvicorn's request cycle has this flag."""
-
-    disconnected: bool = False
 
 
 def test_a_parked_request_whose_client_left_gets_no_place(runtime: ModelRuntime) -> None:
