@@ -174,6 +174,14 @@ class Lane:
             elif (arrived, place) in self._parked:
                 self._parked.remove((arrived, place))
             raise
+        except ServiceError:
+            # The 503 leaves through this frame, which holds the future that holds the 503,
+            # whose traceback holds the frames back to the request's body: a reference cycle
+            # only Python's cyclic collector frees, and after a burst nothing runs it. OCR, three
+            # 6 s bursts of 64 JSON clients, RSS 3 s after each: 573/612/664 MB with it,
+            # 307/311/314 MB without (malloc_stats: 647 MB still in use with it).
+            del place
+            raise
         finally:
             timer.cancel()
         if connection is not None and connection.disconnected:
