@@ -155,7 +155,7 @@ class Lane:
             self._inside += 1
             return arrived
         if self._closed:
-            raise NotReady(f"model '{self.runtime.model}' is shutting down")
+            raise self._closing()
         if len(self._parked) >= self.max_queue:
             raise Overloaded(
                 f"model '{self.runtime.model}' version '{self.runtime.variant}' has "
@@ -226,7 +226,7 @@ class Lane:
     ) -> Done:
         """Queue one validated, admitted request and wait for its rows."""
         if self._closed:
-            raise NotReady(f"model '{self.runtime.model}' is shutting down")
+            raise self._closing()
         tiny = rows * self.runtime.facts.row_seconds < INLINE_SECONDS
         # Tiny, alone, and no request on its way in this loop turn: nobody to batch with, so
         # run now (waiting a loop turn cost digits ~10% of its req/s at one client).
@@ -283,7 +283,7 @@ class Lane:
                 self._queue.extend(jobs)
                 self._ready.notify(len(jobs))
                 return
-        closed = NotReady(f"model '{self.runtime.model}' is shutting down")
+        closed = self._closing()
         _resolve([(job, None, closed) for job in jobs])
 
     def _run_gathered(self) -> None:
@@ -315,7 +315,7 @@ class Lane:
         while self._parked:
             _, place = self._parked.popleft()
             if not place.done():
-                place.set_exception(NotReady(f"model '{self.runtime.model}' is shutting down"))
+                place.set_exception(self._closing())
 
     # --- worker side ---------------------------------------------------------------------
 
@@ -418,6 +418,9 @@ class Lane:
             outcomes.append((job, rows_of_job, None))
             offset = end
         return outcomes
+
+    def _closing(self) -> NotReady:
+        return NotReady(f"model '{self.runtime.model}' is shutting down")
 
     def _overdue(self, waited: float, deadline: float) -> Overloaded:
         return Overloaded(
