@@ -225,7 +225,7 @@ for arch in $ARCHES; do
     [[ -n ${IMG[$arch]:-} ]] || die "no $arch image in $IMAGE"
     # resolve the manifest digest to the local image id
     IMG[$arch]=$(podman images --digests --no-trunc --format '{{.Digest}} {{.ID}}' \
-        | awk -v d="${IMG[$arch]}" '$1==d {print $2; exit}')
+        | awk -v d="${IMG[$arch]}" '$1==d && !found {print $2; found=1}')  # no early exit: SIGPIPE
     [[ -n ${IMG[$arch]} ]] || die "cannot resolve the $arch image"
 done
 
