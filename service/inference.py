@@ -135,8 +135,13 @@ class Inference:
         feed: Feed,
         outputs: list[str] | None = None,
         admitted: Admitted | None = None,
+        connection: Connection | None = None,
     ) -> dict[str, np.ndarray]:
-        """Validate the feed, run it on the variant's lane, observe queue/compute time."""
+        """Validate the feed, run it on the variant's lane, observe queue/compute time.
+
+        Without `admitted`, waits at the gate here; with the request's `connection`, a request
+        whose client has left is not run (499).
+        """
         rows = self._validate(runtime, feed)
         if outputs is not None:
             unknown = sorted(set(outputs) - {spec.name for spec in runtime.outputs})
@@ -144,8 +149,8 @@ class Inference:
                 raise BadRequest(f"unknown output(s) {', '.join(unknown)} for {runtime.model}")
         lane = self.lane(runtime)
         if admitted is None:
-            async with Admitted(lane) as place:
-                done = await lane.submit(feed, outputs, rows, place.arrived)
+            async with Admitted(lane, connection) as place:
+                done = await lane.submit(feed, outputs, rows, place.arrived, connection)
         else:
             done = await lane.submit(feed, outputs, rows, admitted.arrived, admitted.connection)
         bound = self.metrics.variant(runtime.model, runtime.variant)

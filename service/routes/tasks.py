@@ -11,6 +11,7 @@ from fastapi import APIRouter, File, Query, Request, UploadFile
 from pydantic import BaseModel, Field
 
 from service.config import Settings
+from service.connections import connection_of
 from service.errors import NotFound, PayloadTooLarge
 from service.inference import Inference
 from service.manifest import Task
@@ -86,15 +87,17 @@ async def _run_image(
     entry: ModelEntry,
     runtime: ModelRuntime,
     image: UploadFile,
-    settings: Settings,
+    request: Request,
 ) -> np.ndarray:
     """Decode the upload, preprocess it as model.json says, run it; the first output."""
     data = await image.read()
+    max_pixels = _settings(request).max_image_pixels
 
     def feed() -> dict[str, np.ndarray]:  # decoding a large image must not stall the loop
-        return entry.processor.images_to_feed([decode_image(data, settings.max_image_pixels)])
+        return entry.processor.images_to_feed([decode_image(data, max_pixels)])
 
-    outputs = await inference.run(runtime, await asyncio.to_thread(feed))
+    feed_arrays = await asyncio.to_thread(feed)
+    outputs = await inference.run(runtime, feed_arrays, connection=connection_of(request.scope))
     return next(iter(outputs.values()))
 
 
@@ -126,7 +129,7 @@ async def classify(
     entry, runtime = _resolve(registry, model, "image-classification", "classify", precision)
     async with inference.track(runtime):
         started = time.perf_counter()
-        output = await _run_image(inference, entry, runtime, image, _settings(request))
+        output = await _run_image(inference, entry, runtime, image, request)
         labels = entry.processor.classify(output, top_k)[0]
     return ClassifyResponse(
         model=model,
@@ -150,7 +153,7 @@ async def recognize(
     entry, runtime = _resolve(registry, model, "text-recognition", "recognize", precision)
     async with inference.track(runtime):
         started = time.perf_counter()
-        output = await _run_image(inference, entry, runtime, image, _settings(request))
+        output = await _run_image(inference, entry, runtime, image, request)
         result = entry.processor.recognize(output)[0]
     return RecognizeResponse(
         model=model,
@@ -175,7 +178,7 @@ async def embed(
     async with inference.track(runtime):
         started = time.perf_counter()
         feed = await asyncio.to_thread(entry.processor.texts_to_feed, body.sentences)
-        outputs = await inference.run(runtime, feed)
+        outputs = await inference.run(runtime, feed, connection=connection_of(request.scope))
         embeddings = next(iter(outputs.values()))
     return EmbedResponse(
         model=model,

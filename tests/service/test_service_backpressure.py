@@ -366,47 +366,61 @@ def test_requests_of_clients_that_hung_up_are_not_run(
         EDGE_QUEUE_DEADLINE_MS="60000",
     )
     try:
-        sent, kept = 60, 10
         x = np.zeros((64, 1, 8, 8), np.float32).tobytes()
         header = (
             b'{"inputs":[{"name":"input","shape":[64,1,8,8],"datatype":"FP32",'
             b'"parameters":{"binary_data_size":16384}}]}'
         )
-        host, port = server.url.removeprefix("http://").split(":")
-        request = (
-            (
-                f"POST /v2/models/digits/versions/fp32/infer HTTP/1.1\r\nhost: {host}\r\n"
-                f"content-length: {len(header) + len(x)}\r\n{HEADER}: {len(header)}\r\n\r\n"
-            ).encode()
-            + header
-            + x
+        request = httpx.Request(
+            "POST",
+            f"{server.url}/v2/models/digits/versions/fp32/infer",
+            content=header + x,
+            headers={HEADER: str(len(header))},
         )
-        clients = [socket.create_connection((host, int(port)), timeout=30) for _ in range(sent)]
-        for client in clients:
-            client.sendall(request)
-        for client in clients[kept:]:
-            client.close()
-        for client in clients[:kept]:
-            with client:
-                assert client.recv(12) == b"HTTP/1.1 200"
-        for _ in range(100):  # until every request is accounted for
-            counts = digits_fp32_counts(server.url)
-            if counts["200"] + counts["499"] == sent:
-                break
-            time.sleep(0.1)
-        assert counts["200"] + counts["499"] == sent
-        assert counts["499"] >= 1
-        assert counts["runs"] == counts["200"]
+        counts = send_then_hang_up(server.url, request, "digits", "fp32", sent=60, kept=10)
+        assert counts["200"] + counts["499"] == 60  # every request accounted for
     finally:
         servers.stop_server(server)
 
 
-def digits_fp32_counts(url: str) -> dict[str, float]:
-    """digits/fp32's requests by status, and its session runs, from /metrics."""
-    counts = {"runs": 0.0}
+def send_then_hang_up(
+    url: str, request: httpx.Request, model: str, version: str, sent: int, kept: int
+) -> dict[str, float]:
+    """Send `request` on `sent` raw connections, close all but `kept` at once, read those.
+
+    Asserts what holds for any endpoint: the kept clients get 200, some hung-up requests are
+    counted 499, and the variant ran exactly the requests it answered 200. Returns the counts.
+    """
+    host, port = url.removeprefix("http://").split(":")
+    head = f"{request.method} {request.url.raw_path.decode()} HTTP/1.1\r\n"
+    for name, value in request.headers.items():
+        head += f"{name}: {value}\r\n"
+    raw = (head + "\r\n").encode() + request.read()
+    clients = [socket.create_connection((host, int(port)), timeout=30) for _ in range(sent)]
+    for client in clients:
+        client.sendall(raw)
+    for client in clients[kept:]:
+        client.close()
+    for client in clients[:kept]:
+        with client:
+            assert client.recv(12) == b"HTTP/1.1 200"
+    for _ in range(100):  # until every request is accounted for
+        counts = variant_counts(url, model, version)
+        if counts["200"] + counts["499"] == sent:
+            break
+        time.sleep(0.1)
+    assert counts["200"] >= kept
+    assert counts["499"] >= 1
+    assert counts["runs"] == counts["200"]
+    return counts
+
+
+def variant_counts(url: str, model: str, version: str) -> dict[str, float]:
+    """A variant's requests by status, and its session runs, from /metrics."""
+    counts = {"runs": 0.0, "200": 0.0, "499": 0.0}
     for family in text_string_to_metric_families(httpx.get(f"{url}/metrics").text):
         for sample in family.samples:
-            if sample.labels.get("model") != "digits" or sample.labels.get("version") != "fp32":
+            if sample.labels.get("model") != model or sample.labels.get("version") != version:
                 continue
             if sample.name == "edge_requests_total":
                 counts[sample.labels["status"]] = sample.value

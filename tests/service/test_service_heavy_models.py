@@ -17,6 +17,7 @@ import numpy as np
 import onnx
 import pytest
 import tritonclient.http as httpclient
+from test_service_backpressure import send_then_hang_up
 from test_service_readme import README, command_id, curl_commands, runnable
 from tokenizers import Tokenizer
 
@@ -253,6 +254,33 @@ def test_recognize_reads_the_shipped_samples(
         assert (body["model"], body["version"]) == ("ocr", precision)
         exact += body["text"] == sample.label
     assert exact >= 0.8 * len(samples), f"{exact}/{len(samples)} exact"
+
+
+def test_recognize_requests_of_clients_that_hung_up_are_not_run(
+    repository: Path,
+    manifests: dict[str, ModelManifest],
+    servers: ModuleType,
+    tmp_path: Path,
+) -> None:
+    """The task endpoints skip work nobody waits for too: 30 uploads, 24 clients hang up."""
+    server = servers.start_server(
+        repository,
+        tmp_path / "server.log",
+        EDGE_MAX_CONCURRENCY="1",
+        EDGE_BATCHING="off",
+        EDGE_QUEUE_DEADLINE_MS="60000",
+    )
+    try:
+        sample = manifests["ocr"].samples[0]
+        assert sample.file is not None
+        request = httpx.Request(
+            "POST",
+            f"{server.url}/tasks/ocr/recognize?precision=fp32",
+            files={"image": ("line.png", (repository / "ocr" / sample.file).read_bytes())},
+        )
+        send_then_hang_up(server.url, request, "ocr", "fp32", sent=30, kept=6)
+    finally:
+        servers.stop_server(server)
 
 
 def v2_body(feed: dict[str, np.ndarray]) -> dict[str, Any]:
