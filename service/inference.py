@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import threading
 import time
 from types import TracebackType
 
@@ -18,7 +17,7 @@ from service.errors import BadRequest, ServiceError
 from service.metrics import Metrics, VariantMetrics, mark_resolved
 from service.protocol import datatype_of
 from service.runtime import Feed, ModelRuntime
-from service.scheduler import Lane, batch_pays, core_slots
+from service.scheduler import CoreSlots, Lane, batch_pays, core_slots
 
 
 def usable_cores() -> int:
@@ -110,7 +109,7 @@ class Inference:
         """What one request may make the server hold (service/bounds.py), read once."""
         self.max_batch_size = settings.max_batch_size
         self.slots = core_slots(usable_cores(), settings.threads)
-        self._core_slots = threading.Semaphore(self.slots)
+        self._core_slots = CoreSlots(self.slots)
         self._lanes: dict[ModelRuntime, Lane] = {}
         self.in_flight: dict[ModelRuntime, int] = {}
         """Requests inside track() per runtime object (event loop only): what a reload drains."""

@@ -22,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import math
+import queue
 import threading
 import time
 from collections import deque
@@ -87,13 +88,42 @@ def core_slots(cores: int, threads: int) -> int:
     return max(1, cores // max(1, threads))
 
 
+class CoreSlots:
+    """The semaphore of core slots every lane shares, as a C queue of tokens.
+
+    threading.Semaphore is Python code over a Condition: an acquire and release cost 1.6 us
+    against 0.1 us here, and every run of a small model pays it (digits: one per request).
+    """
+
+    def __init__(self, count: int) -> None:
+        self._tokens: queue.SimpleQueue[None] = queue.SimpleQueue()
+        for _ in range(count):
+            self._tokens.put(None)
+
+    def acquire(self, blocking: bool = True) -> bool:
+        try:
+            self._tokens.get(blocking)
+        except queue.Empty:
+            return False
+        return True
+
+    def release(self) -> None:
+        self._tokens.put(None)
+
+    def __enter__(self) -> None:
+        self._tokens.get()
+
+    def __exit__(self, *exc: object) -> None:
+        self._tokens.put(None)
+
+
 class Lane:
     """One variant's gate, queue and workers: admit() and submit() on the event loop."""
 
     def __init__(
         self,
         runtime: ModelRuntime,
-        slots: threading.Semaphore,
+        slots: CoreSlots,
         workers: int,
         max_queue: int,
         deadline: float | None,

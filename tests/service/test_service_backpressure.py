@@ -27,7 +27,7 @@ from service.errors import ClientGone, Overloaded
 from service.manifest import ModelManifest
 from service.processing import Processor
 from service.runtime import ModelRuntime
-from service.scheduler import INLINE_SECONDS, Lane, core_slots
+from service.scheduler import INLINE_SECONDS, CoreSlots, Lane, core_slots
 
 HEADER = "Inference-Header-Content-Length"
 
@@ -47,9 +47,7 @@ def runtime(model_repository: Path) -> ModelRuntime:
     return runtime
 
 
-def make_lane(
-    runtime: ModelRuntime, slots: threading.Semaphore, observe: Any = None, **options: Any
-) -> Lane:
+def make_lane(runtime: ModelRuntime, slots: CoreSlots, observe: Any = None, **options: Any) -> Lane:
     settings = {"workers": 1, "max_queue": 8, "deadline": 10.0, "batch_rows": 1, **options}
     # deadline 10 s unless a test sets one: nothing here may depend on how fast a run is
     return Lane(runtime, slots, observe_batch=observe or (lambda rows: None), **settings)
@@ -75,11 +73,17 @@ def test_core_slots_never_oversubscribe() -> None:
     assert core_slots(2, 1) == 2
     assert core_slots(2, 2) == 1
     assert core_slots(1, 4) == 1  # at least one run, even with more threads than cores
+    slots = CoreSlots(2)
+    assert [slots.acquire(blocking=False) for _ in range(3)] == [True, True, False]
+    slots.release()
+    with slots:
+        assert not slots.acquire(blocking=False)
+    assert slots.acquire(blocking=False)
 
 
 def test_gate_parks_then_refuses_when_full(runtime: ModelRuntime) -> None:
     """Past capacity requests park; with max_queue parked, the next is refused at once."""
-    lane = make_lane(runtime, threading.Semaphore(1), max_queue=1)
+    lane = make_lane(runtime, CoreSlots(1), max_queue=1)
     assert lane.capacity == 4  # one running and three queued behind it, per worker
 
     async def scenario() -> None:
@@ -98,7 +102,7 @@ def test_gate_parks_then_refuses_when_full(runtime: ModelRuntime) -> None:
 
 
 def test_parked_request_gets_503_at_the_deadline(runtime: ModelRuntime) -> None:
-    lane = make_lane(runtime, threading.Semaphore(1), deadline=0.05)
+    lane = make_lane(runtime, CoreSlots(1), deadline=0.05)
 
     async def scenario() -> None:
         for _ in range(lane.capacity):
@@ -126,7 +130,7 @@ def row_cost(runtime: ModelRuntime) -> Iterator[Any]:
 def test_batched_rows_go_back_to_their_requests(runtime: ModelRuntime, row_cost: Any) -> None:
     """Queued requests of different sizes run as one batch; each gets exactly its own rows."""
     row_cost(0.001)  # over INLINE_SECONDS: the lane's worker runs them
-    slots = threading.Semaphore(1)
+    slots = CoreSlots(1)
     batches: list[int] = []
     lane = make_lane(runtime, slots, batch_rows=32, observe=batches.append)
     feeds = [digits(rows, seed) for seed, rows in enumerate((1, 3, 1, 2, 5))]
@@ -157,7 +161,7 @@ def test_tiny_rows_arriving_together_run_as_one_batch_on_the_event_loop(
     runs: list[tuple[int, str]] = []
     lane = make_lane(
         runtime,
-        threading.Semaphore(1),
+        CoreSlots(1),
         batch_rows=32,
         observe=lambda rows: runs.append((rows, threading.current_thread().name)),
     )
@@ -179,7 +183,7 @@ def test_a_tiny_request_alone_in_its_lane_runs_at_once(
     runtime: ModelRuntime, row_cost: Any
 ) -> None:
     row_cost(INLINE_SECONDS / 8)
-    lane = make_lane(runtime, threading.Semaphore(1))
+    lane = make_lane(runtime, CoreSlots(1))
 
     async def scenario() -> bool:
         await lane.admit()
@@ -196,7 +200,7 @@ def test_a_tiny_request_waits_one_loop_turn_for_requests_on_their_way(
 ) -> None:
     """uvicorn has started another request's task (service.arrivals): batch with it."""
     row_cost(INLINE_SECONDS / 8)
-    lane = make_lane(runtime, threading.Semaphore(1))
+    lane = make_lane(runtime, CoreSlots(1))
 
     async def scenario() -> tuple[bool, bool]:
         await lane.admit()
@@ -218,7 +222,7 @@ def test_tiny_rows_go_to_the_worker_when_no_core_slot_is_free(
     runtime: ModelRuntime, row_cost: Any
 ) -> None:
     row_cost(INLINE_SECONDS / 2)
-    slots = threading.Semaphore(1)
+    slots = CoreSlots(1)
     threads: list[str] = []
     lane = make_lane(
         runtime, slots, observe=lambda rows: threads.append(threading.current_thread().name)
@@ -240,7 +244,7 @@ def test_tiny_rows_go_to_the_worker_when_no_core_slot_is_free(
 
 
 def test_unbatched_lane_runs_one_request_per_run(runtime: ModelRuntime) -> None:
-    slots = threading.Semaphore(1)
+    slots = CoreSlots(1)
     batches: list[int] = []
     lane = make_lane(runtime, slots, batch_rows=1, observe=batches.append)
 
@@ -253,7 +257,7 @@ def test_unbatched_lane_runs_one_request_per_run(runtime: ModelRuntime) -> None:
 
 
 def test_a_parked_request_whose_client_left_gets_no_place(runtime: ModelRuntime) -> None:
-    lane = make_lane(runtime, threading.Semaphore(1))
+    lane = make_lane(runtime, CoreSlots(1))
 
     async def scenario() -> None:
         for _ in range(lane.capacity):
@@ -278,7 +282,7 @@ def test_a_queued_request_whose_client_left_is_not_run(
     runtime: ModelRuntime, row_cost: Any
 ) -> None:
     row_cost(0.001)  # over INLINE_SECONDS: the lane's worker runs them
-    slots = threading.Semaphore(1)
+    slots = CoreSlots(1)
     runs: list[int] = []
     lane = make_lane(runtime, slots, observe=runs.append)
 
