@@ -56,7 +56,7 @@ def create_app(settings: Settings) -> EdgeApp:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         registry.discover()
-        metrics.register_variants(registry)
+        metrics.register_variants(registry, app.state.inference.in_flight)
         # Load in a worker thread so liveness answers (and readiness says 503) while loading.
         loading = asyncio.create_task(asyncio.to_thread(registry.load))
         yield

@@ -48,7 +48,6 @@ class _Tracked:
 
     async def __aenter__(self) -> None:
         mark_resolved()
-        self._bound.in_flight.inc()
         self._counts[self._runtime] = self._counts.get(self._runtime, 0) + 1
         self._idle.enter()
         self._started = time.perf_counter()
@@ -61,7 +60,6 @@ class _Tracked:
     ) -> None:
         elapsed = time.perf_counter() - self._started
         bound = self._bound
-        bound.in_flight.dec()
         self._counts[self._runtime] -= 1
         self._idle.leave()
         if exc is None:
@@ -112,7 +110,8 @@ class Inference:
         self._core_slots = CoreSlots(self.slots)
         self._lanes: dict[ModelRuntime, Lane] = {}
         self.in_flight: dict[ModelRuntime, int] = {}
-        """Requests inside track() per runtime object (event loop only): what a reload drains."""
+        """Requests inside track() per runtime object, changed on the event loop only: what a
+        reload drains, and edge_requests_in_flight at scrape time."""
         self.idle = IdleTrim()
         """Gives the heaps' free memory back once no request has been in flight for a while."""
 

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import platform
 import sys
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextvars import ContextVar
 from dataclasses import dataclass
 from pathlib import Path
@@ -44,6 +44,7 @@ from service.memory import cgroup_memory, peak_rss_bytes
 
 if TYPE_CHECKING:
     from service.registry import Registry
+    from service.runtime import ModelRuntime
 
 # Seconds. Fine steps from 50 µs (a 0.1 ms INT8 CNN) up to 10 s (a cold OCR batch).
 LATENCY_BUCKETS = (
@@ -109,12 +110,6 @@ class Metrics:
             ("status",),
             registry=registry,
         )
-        self.in_flight = Gauge(
-            "edge_requests_in_flight",
-            "Inference requests being served now.",
-            LABELS,
-            registry=registry,
-        )
         self.batch_size = Histogram(
             "edge_inference_batch_size",
             "Rows (first tensor axis) per session.run call.",
@@ -143,7 +138,6 @@ class Metrics:
                 request_seconds=self.request_seconds.labels(*labels),
                 queue_seconds=self.queue_seconds.labels(*labels),
                 compute_seconds=self.compute_seconds.labels(*labels),
-                in_flight=self.in_flight.labels(*labels),
                 batch_size=self.batch_size.labels(*labels),
                 requests={s: self.requests.labels(*labels, s) for s in RESOLVED_STATUSES},
                 requests_family=self.requests,
@@ -152,17 +146,20 @@ class Metrics:
             self._bound[(model, variant)] = bound
         return bound
 
-    def register_variants(self, registry: Registry) -> None:
-        """Pre-create label sets so every variant shows zeros before its first request."""
+    def register_variants(self, registry: Registry, in_flight: Mapping[ModelRuntime, int]) -> None:
+        """Pre-create label sets so every variant shows zeros before its first request.
+
+        `in_flight` is the inference path's own count of requests per runtime, read at scrape
+        time: a gauge beside it would cost every request two more locked updates.
+        """
         for runtime in registry.all_runtimes():
             labels = (runtime.model, runtime.variant)
             for metric in (self.request_seconds, self.queue_seconds, self.compute_seconds):
                 metric.labels(*labels)
-            self.in_flight.labels(*labels)
             self.batch_size.labels(*labels)
             for status in RESOLVED_STATUSES:
                 self.requests.labels(*labels, status)
-        self.registry.register(VariantCollector(registry))
+        self.registry.register(VariantCollector(registry, in_flight))
 
 
 @dataclass
@@ -172,7 +169,6 @@ class VariantMetrics:
     request_seconds: Histogram
     queue_seconds: Histogram
     compute_seconds: Histogram
-    in_flight: Gauge
     batch_size: Histogram
     requests: dict[str, Counter]
     requests_family: Counter
@@ -187,12 +183,14 @@ class VariantMetrics:
 
 
 class VariantCollector(Collector):
-    """Per-variant facts measured at load time, read from the registry at scrape time."""
+    """Per-variant facts measured at load time, and requests in flight, read at scrape time."""
 
-    def __init__(self, registry: Registry) -> None:
+    def __init__(self, registry: Registry, in_flight: Mapping[ModelRuntime, int]) -> None:
         self._registry = registry
+        self._in_flight = in_flight
 
     def collect(self) -> Iterator[Metric]:
+        yield self._requests_in_flight()
         ready = GaugeMetricFamily(
             "edge_variant_ready", "1 when the variant is loaded and warmed up.", labels=LABELS
         )
@@ -259,6 +257,20 @@ class VariantCollector(Collector):
             load.add_metric([*labels, "load"], rt.facts.load_seconds)
             load.add_metric([*labels, "warmup"], rt.facts.warmup_seconds)
         yield from (ready, failed, memory, heap, size, load, onbox, default)
+
+    def _requests_in_flight(self) -> GaugeMetricFamily:
+        counts = {(rt.model, rt.variant): 0 for rt in self._registry.all_runtimes()}
+        # A copy in one C call: the event loop changes the mapping while a scrape reads it. A
+        # replaced variant still draining adds to its successor's labels.
+        for runtime, count in dict(self._in_flight).items():
+            key = (runtime.model, runtime.variant)
+            counts[key] = counts.get(key, 0) + count
+        family = GaugeMetricFamily(
+            "edge_requests_in_flight", "Inference requests being served now.", labels=LABELS
+        )
+        for labels, count in counts.items():
+            family.add_metric(list(labels), count)
+        return family
 
 
 class MemoryCollector(Collector):

@@ -172,6 +172,19 @@ def test_traffic_moves_counts_and_sums_per_variant(
         assert value(after, "edge_requests_in_flight", **labels) == 0
 
 
+def test_in_flight_is_the_inference_paths_own_count(client: TestClient) -> None:
+    """edge_requests_in_flight reads the count a reload drains, at scrape time."""
+    inference = client.app.state.inference
+    runtime = client.app.state.registry.runtime("digits", "int8")
+    inference.in_flight[runtime] = inference.in_flight.get(runtime, 0) + 2
+    try:
+        samples = scrape(client)
+    finally:
+        inference.in_flight[runtime] -= 2
+    assert value(samples, "edge_requests_in_flight", model="digits", version="int8") == 2
+    assert value(samples, "edge_requests_in_flight", model="digits", version="fp32") == 0
+
+
 def test_errors_count_with_their_status(client: TestClient) -> None:
     before = scrape(client)
     wrong_shape = digits_request()
