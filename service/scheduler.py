@@ -358,10 +358,7 @@ class Lane:
                     self._ready.wait()
                 jobs, self._queue = self._take(self._queue)
             with self._slots:  # checked once the slot is ours: the last moment before the run
-                outcomes = self._abandoned(jobs)
-                if outcomes:
-                    dropped = {job for job, _, _ in outcomes}
-                    jobs = [job for job in jobs if job not in dropped]
+                jobs, outcomes = self._abandoned(jobs)
                 if jobs:
                     outcomes += self._outcomes(jobs)
             _settle(outcomes)
@@ -392,8 +389,8 @@ class Lane:
                 kept.append(job)
         return jobs, kept
 
-    def _abandoned(self, jobs: list[_Job]) -> list[_Outcome]:
-        """The jobs a worker is about to run that nobody waits for: their outcome instead.
+    def _abandoned(self, jobs: list[_Job]) -> tuple[list[_Job], list[_Outcome]]:
+        """The jobs still worth running, and the outcomes of those nobody waits for any more.
 
         499 where the client has closed its connection. 503 where the job waited far past
         its time: past the gate a request waits about `capacity` runs; far beyond that (a
@@ -402,13 +399,16 @@ class Lane:
         """
         now = time.perf_counter()
         late_after = self.deadline + (self.capacity / self.workers + 1) * self.run_seconds
+        kept: list[_Job] = []
         outcomes: list[_Outcome] = []
         for job in jobs:
             if job.connection is not None and job.connection.disconnected:
                 outcomes.append((job, None, _gone()))
             elif now - job.arrived > late_after:
                 outcomes.append((job, None, self._overdue(now - job.arrived, self.deadline)))
-        return outcomes
+            else:
+                kept.append(job)
+        return kept, outcomes
 
     def _execute(self, jobs: list[_Job]) -> list[_Outcome]:
         """One run over jobs (a core slot held), timed; each job's outcome."""
