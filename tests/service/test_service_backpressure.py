@@ -12,6 +12,7 @@ import threading
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -362,14 +363,7 @@ def test_requests_of_clients_that_hung_up_are_not_run(
     The server reads every body long before the one worker gets through them, so most of the
     50 are still waiting when their connection closes: those are counted 499 and never run.
     """
-    server = servers.start_server(
-        model_repository,
-        tmp_path / "server.log",
-        EDGE_MAX_CONCURRENCY="1",
-        EDGE_BATCHING="off",
-        EDGE_QUEUE_DEADLINE_MS="60000",
-    )
-    try:
+    with one_patient_worker(servers, model_repository, tmp_path / "server.log") as server:
         x = np.zeros((64, 1, 8, 8), np.float32).tobytes()
         header = (
             b'{"inputs":[{"name":"input","shape":[64,1,8,8],"datatype":"FP32",'
@@ -383,6 +377,23 @@ def test_requests_of_clients_that_hung_up_are_not_run(
         )
         counts = send_then_hang_up(server.url, request, "digits", "fp32", sent=60, kept=10)
         assert counts["200"] + counts["499"] == 60  # every request accounted for
+
+
+@contextmanager
+def one_patient_worker(servers: ModuleType, repository: Path, log: Path) -> Iterator[Any]:
+    """A real server with one worker per lane, no batching, and a 60 s queue deadline.
+
+    Requests queue behind each other for long enough that their clients can leave first.
+    """
+    server = servers.start_server(
+        repository,
+        log,
+        EDGE_MAX_CONCURRENCY="1",
+        EDGE_BATCHING="off",
+        EDGE_QUEUE_DEADLINE_MS="60000",
+    )
+    try:
+        yield server
     finally:
         servers.stop_server(server)
 

@@ -17,7 +17,7 @@ import numpy as np
 import onnx
 import pytest
 import tritonclient.http as httpclient
-from test_service_backpressure import send_then_hang_up
+from test_service_backpressure import one_patient_worker, send_then_hang_up
 from test_service_readme import README, command_id, curl_commands, runnable
 from tokenizers import Tokenizer
 
@@ -263,14 +263,7 @@ def test_recognize_requests_of_clients_that_hung_up_are_not_run(
     tmp_path: Path,
 ) -> None:
     """The task endpoints skip work nobody waits for too: 30 uploads, 24 clients hang up."""
-    server = servers.start_server(
-        repository,
-        tmp_path / "server.log",
-        EDGE_MAX_CONCURRENCY="1",
-        EDGE_BATCHING="off",
-        EDGE_QUEUE_DEADLINE_MS="60000",
-    )
-    try:
+    with one_patient_worker(servers, repository, tmp_path / "server.log") as server:
         sample = manifests["ocr"].samples[0]
         assert sample.file is not None
         request = httpx.Request(
@@ -279,8 +272,6 @@ def test_recognize_requests_of_clients_that_hung_up_are_not_run(
             files={"image": ("line.png", (repository / "ocr" / sample.file).read_bytes())},
         )
         send_then_hang_up(server.url, request, "ocr", "fp32", sent=30, kept=6)
-    finally:
-        servers.stop_server(server)
 
 
 def v2_body(feed: dict[str, np.ndarray]) -> dict[str, Any]:
