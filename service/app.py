@@ -24,12 +24,15 @@ from service.registry import Registry
 from service.repository import install_repository
 from service.routes import tasks, v2
 from service.routes.infer import InferRoute
+from service.routes.uploads import UploadRoute
 
 log = logging.getLogger(__name__)
 
 
 class EdgeApp(FastAPI):
-    """FastAPI behind the service's own ASGI layers, which answer the v2 infer call themselves.
+    """FastAPI behind the service's own ASGI layers, which answer the hot calls themselves.
+
+    Those are v2 infer (service.routes.infer) and the image tasks (service.routes.uploads).
 
     Built in front of the framework rather than as its middleware, so the hot path skips
     FastAPI's and Starlette's per-request layers (5% of the event loop's time on digits under
@@ -94,8 +97,9 @@ def create_app(settings: Settings) -> EdgeApp:
 
     # The service's own layers, in front of the framework (EdgeApp): outermost the rejected-
     # request counter (it also sees the body limit's early 413s), then auth and the body limit,
-    # then the lean v2 infer route; every other request goes on to FastAPI.
-    edge: ASGIApp = InferRoute(app.framework, registry=registry, inference=inference)
+    # then the lean v2 infer and image task routes; every other request goes on to FastAPI.
+    edge: ASGIApp = UploadRoute(app.framework, registry=registry, inference=inference)
+    edge = InferRoute(edge, registry=registry, inference=inference)
     edge = BodyLimit(
         edge,
         limit=settings.max_request_bytes,

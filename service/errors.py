@@ -40,6 +40,12 @@ class PayloadTooLarge(ServiceError):
     status_code = 413
 
 
+class Unprocessable(ServiceError):
+    """A well-formed request whose fields are not what the route takes (FastAPI's 422)."""
+
+    status_code = 422
+
+
 class UnsupportedMediaType(ServiceError):
     """An upload in a format the service does not decode (task images: PNG or JPEG)."""
 

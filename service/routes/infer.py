@@ -10,29 +10,25 @@ limit, rejected-request counting; service.app.EdgeApp), so those apply to it unc
 from __future__ import annotations
 
 import asyncio
-import logging
 import re
 import zlib
 
-from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from service.bounds import DEFAULT_LIMITS, Limits, check_json_outputs
 from service.classification import classify, labels_of
 from service.connections import Connection, connection_of
-from service.errors import BadRequest, PayloadTooLarge, ServiceError, error_headers
+from service.errors import BadRequest, PayloadTooLarge
 from service.inference import Inference
-from service.protocol import DecodedRequest, decode_request, dumps, encode_response
+from service.protocol import DecodedRequest, decode_request, encode_response
 from service.registry import Registry
-
-log = logging.getLogger(__name__)
+from service.routes.answer import RawHeaders, answer
 
 INFER_PATH = re.compile(r"^/v2/models/(?P<model>[^/]+)(?:/versions/(?P<version>[^/]+))?/infer$")
 # JSON bodies and JSON outputs above these sizes are parsed/written in a worker thread, so the
 # event loop (health, metrics, other requests) never stalls behind a big tensor.
 OFFLOAD_BODY_BYTES = 64 * 1024
 OFFLOAD_OUTPUT_VALUES = 16 * 1024
-_JSON = [(b"content-type", b"application/json")]
 
 
 async def infer_response(
@@ -128,11 +124,10 @@ class InferRoute:
     async def _infer(
         self, scope: Scope, receive: Receive, send: Send, model: str, version: str | None
     ) -> None:
-        extra: dict[str, str] | None = None
-        try:
+        async def produce() -> tuple[bytes, RawHeaders] | None:
             body = await _read_body(receive)
             if body is None:
-                return  # the client went away; nothing to answer
+                return None
             header_length = encoding = None
             for name, value in scope["headers"]:
                 if name == b"inference-header-content-length":
@@ -143,26 +138,9 @@ class InferRoute:
                 self.registry, self.inference, model, version, body, header_length, encoding,
                 connection_of(scope),
             )  # fmt: skip
-            status = 200
-            raw_headers = [(k.lower().encode("latin-1"), v.encode()) for k, v in headers.items()]
-        except ServiceError as exc:
-            status, content, raw_headers = exc.status_code, dumps({"error": exc.message}), _JSON
-            extra = error_headers(exc)
-        except HTTPException as exc:  # the body limit's 413 while the body streams in
-            status, content, raw_headers = exc.status_code, dumps({"error": str(exc.detail)}), _JSON
-        except Exception:
-            log.exception("unhandled error on POST %s", scope["path"])
-            status, content, raw_headers = 500, dumps({"error": "internal server error"}), _JSON
-        if extra:
-            raw_headers = [*raw_headers, *((k.encode(), v.encode()) for k, v in extra.items())]
-        await send(
-            {
-                "type": "http.response.start",
-                "status": status,
-                "headers": [*raw_headers, (b"content-length", str(len(content)).encode())],
-            }
-        )
-        await send({"type": "http.response.body", "body": content})
+            return content, [(k.lower().encode("latin-1"), v.encode()) for k, v in headers.items()]
+
+        await answer(scope, send, produce)
 
 
 async def _read_body(receive: Receive) -> bytes | None:

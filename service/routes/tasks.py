@@ -11,16 +11,19 @@ from fastapi import APIRouter, File, Query, Request, UploadFile
 from pydantic import BaseModel, Field
 
 from service.config import Settings
-from service.connections import connection_of
+from service.connections import Connection, connection_of
 from service.errors import NotFound, PayloadTooLarge
 from service.inference import Inference
 from service.manifest import Task
 from service.processing import decode_image
-from service.registry import ModelEntry
+from service.registry import ModelEntry, Registry
 from service.routes.deps import InferenceDep, RegistryDep
 from service.runtime import ModelRuntime
 
 router = APIRouter(prefix="/tasks", tags=["Tasks"])
+
+TOP_K_DEFAULT = 5
+TOP_K_MAX = 100
 
 Precision = Annotated[
     str | None,
@@ -66,38 +69,83 @@ class EmbedResponse(BaseModel):
     latency_ms: float
 
 
-def _resolve(
-    registry: Any, model: str, task: Task, route: str, precision: str | None
+ROUTE_TASKS: dict[str, Task] = {
+    "classify": "image-classification",
+    "recognize": "text-recognition",
+    "embed": "text-embedding",
+}
+"""Each task endpoint and the model.json task it serves."""
+
+
+def resolve_task(
+    registry: Registry, model: str, route: str, precision: str | None
 ) -> tuple[ModelEntry, ModelRuntime]:
-    entry: ModelEntry = registry.entry(model)
-    if entry.manifest.task != task:
+    """The model and variant a task call runs on; 404 for a model of another task."""
+    entry = registry.entry(model)
+    if entry.manifest.task != ROUTE_TASKS[route]:
         raise NotFound(
             f"model '{model}' is a {entry.manifest.task} model and has no '{route}' task"
         )
     return entry, registry.runtime(model, precision)
 
 
-def _settings(request: Request) -> Settings:
-    settings: Settings = request.app.state.settings
-    return settings
+async def classify_image(
+    inference: Inference,
+    entry: ModelEntry,
+    runtime: ModelRuntime,
+    data: bytes,
+    top_k: int,
+    connection: Connection | None,
+) -> dict[str, Any]:
+    """An uploaded image's top_k labels, as ClassifyResponse describes them."""
+    async with inference.track(runtime):
+        started = time.perf_counter()
+        output = await _run_image(inference, entry, runtime, data, connection)
+        labels = entry.processor.classify(output, top_k)[0]
+    return {
+        "model": runtime.model,
+        "version": runtime.variant,
+        "labels": [{"label": ls.label, "score": ls.score} for ls in labels],
+        "latency_ms": (time.perf_counter() - started) * 1000.0,
+    }
+
+
+async def recognize_image(
+    inference: Inference,
+    entry: ModelEntry,
+    runtime: ModelRuntime,
+    data: bytes,
+    connection: Connection | None,
+) -> dict[str, Any]:
+    """The text in an uploaded image, as RecognizeResponse describes it."""
+    async with inference.track(runtime):
+        started = time.perf_counter()
+        output = await _run_image(inference, entry, runtime, data, connection)
+        result = entry.processor.recognize(output)[0]
+    return {
+        "model": runtime.model,
+        "version": runtime.variant,
+        "text": result.text,
+        "confidence": result.confidence,
+        "latency_ms": (time.perf_counter() - started) * 1000.0,
+    }
 
 
 async def _run_image(
     inference: Inference,
     entry: ModelEntry,
     runtime: ModelRuntime,
-    image: UploadFile,
-    request: Request,
+    data: bytes,
+    connection: Connection | None,
 ) -> np.ndarray:
     """Decode the upload, preprocess it as model.json says, run it; the first output."""
-    data = await image.read()
-    max_pixels = _settings(request).max_image_pixels
+    max_pixels = inference.settings.max_image_pixels
 
     def feed() -> dict[str, np.ndarray]:  # decoding a large image must not stall the loop
         return entry.processor.images_to_feed([decode_image(data, max_pixels)])
 
     feed_arrays = await asyncio.to_thread(feed)
-    outputs = await inference.run(runtime, feed_arrays, connection=connection_of(request.scope))
+    outputs = await inference.run(runtime, feed_arrays, connection=connection)
     return next(iter(outputs.values()))
 
 
@@ -124,18 +172,13 @@ async def classify(
     model: str,
     image: ImageFile,
     precision: Precision = None,
-    top_k: Annotated[int, Query(ge=1, le=100)] = 5,
-) -> ClassifyResponse:
-    entry, runtime = _resolve(registry, model, "image-classification", "classify", precision)
-    async with inference.track(runtime):
-        started = time.perf_counter()
-        output = await _run_image(inference, entry, runtime, image, request)
-        labels = entry.processor.classify(output, top_k)[0]
-    return ClassifyResponse(
-        model=model,
-        version=runtime.variant,
-        labels=[LabelScoreOut(label=ls.label, score=ls.score) for ls in labels],
-        latency_ms=(time.perf_counter() - started) * 1000.0,
+    top_k: Annotated[int, Query(ge=1, le=TOP_K_MAX)] = TOP_K_DEFAULT,
+) -> dict[str, Any]:
+    """Served by service.routes.uploads.UploadRoute (plain ASGI); declared here for /docs."""
+    entry, runtime = resolve_task(registry, model, "classify", precision)
+    data = await image.read()
+    return await classify_image(
+        inference, entry, runtime, data, top_k, connection_of(request.scope)
     )
 
 
@@ -149,19 +192,11 @@ async def recognize(
     model: str,
     image: ImageFile,
     precision: Precision = None,
-) -> RecognizeResponse:
-    entry, runtime = _resolve(registry, model, "text-recognition", "recognize", precision)
-    async with inference.track(runtime):
-        started = time.perf_counter()
-        output = await _run_image(inference, entry, runtime, image, request)
-        result = entry.processor.recognize(output)[0]
-    return RecognizeResponse(
-        model=model,
-        version=runtime.variant,
-        text=result.text,
-        confidence=result.confidence,
-        latency_ms=(time.perf_counter() - started) * 1000.0,
-    )
+) -> dict[str, Any]:
+    """Served by service.routes.uploads.UploadRoute (plain ASGI); declared here for /docs."""
+    entry, runtime = resolve_task(registry, model, "recognize", precision)
+    data = await image.read()
+    return await recognize_image(inference, entry, runtime, data, connection_of(request.scope))
 
 
 @router.post("/{model}/embed", response_model=EmbedResponse, summary="Embed sentences")
@@ -173,8 +208,8 @@ async def embed(
     body: EmbedRequest,
     precision: Precision = None,
 ) -> EmbedResponse:
-    check_sentences(body.sentences, _settings(request))  # the cheapest refusal first
-    entry, runtime = _resolve(registry, model, "text-embedding", "embed", precision)
+    check_sentences(body.sentences, inference.settings)  # the cheapest refusal first
+    entry, runtime = resolve_task(registry, model, "embed", precision)
     async with inference.track(runtime):
         started = time.perf_counter()
         feed = await asyncio.to_thread(entry.processor.texts_to_feed, body.sentences)

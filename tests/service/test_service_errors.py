@@ -189,13 +189,30 @@ def test_undecodable_image_is_4xx(http: httpx.Client, upload: bytes, status: int
     [
         ("/tasks/digits/classify", {"files": {"picture": ("x.png", png_bytes())}}),
         ("/tasks/digits/classify", {}),
+        ("/tasks/digits/classify", {"data": {"image": "not a file"}}),
         ("/tasks/digits/classify?top_k=0", {"files": {"image": ("x.png", png_bytes())}}),
+        ("/tasks/digits/classify?top_k=101", {"files": {"image": ("x.png", png_bytes())}}),
+        ("/tasks/digits/classify?top_k=three", {"files": {"image": ("x.png", png_bytes())}}),
     ],
-    ids=["wrong-field", "no-body", "top-k-zero"],
+    ids=["wrong-field", "no-body", "text-field", "top-k-zero", "top-k-over", "top-k-word"],
 )
 def test_task_validation_is_422(http: httpx.Client, path: str, kwargs: dict[str, Any]) -> None:
-    """FastAPI's own validation keeps its 422, in the same error shape."""
+    """The task calls' own validation says 422, as FastAPI's does, in the same error shape."""
     assert_error(http.post(path, **kwargs), 422)
+
+
+def test_broken_multipart_is_400(http: httpx.Client) -> None:
+    """A multipart body without a boundary cannot be parsed: the client's fault."""
+    response = http.post(
+        "/tasks/digits/classify", content=b"x", headers={"content-type": "multipart/form-data"}
+    )
+    assert "boundary" in assert_error(response, 400)
+
+
+def test_recognize_ignores_top_k(http: httpx.Client) -> None:
+    """top_k belongs to classify; on another task's call it is not validated (FastAPI's way)."""
+    response = http.post("/tasks/digits/recognize?top_k=x", files={"image": png_bytes()})
+    assert "no 'recognize' task" in assert_error(response, 404)
 
 
 def test_wrong_method_is_405(http: httpx.Client) -> None:
