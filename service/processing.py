@@ -47,7 +47,12 @@ class TextScore:
 
 
 def decode_image(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
-    """An uploaded PNG or JPEG as a PIL image; its size is checked from the header first.
+    """An uploaded PNG or JPEG as a PIL image: open_image, then its pixels decoded."""
+    return load_pixels(open_image(data, max_pixels))
+
+
+def open_image(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
+    """An uploaded PNG or JPEG with only its header read, its size checked against max_pixels.
 
     Only Pillow's PNG and JPEG parsers ever see client bytes (415 for anything else), and
     width x height is known before a single pixel is decoded: a small file that would
@@ -60,20 +65,36 @@ def decode_image(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Ima
         raise UnsupportedMediaType("the upload is not a PNG or JPEG image (the formats accepted)")
     try:
         image = Image.open(io.BytesIO(data), formats=[fmt])  # reads the header only
-        width, height = image.size
-        if width * height > max_pixels:
-            raise PayloadTooLarge(
-                f"image is {width}x{height} = {width * height} pixels, over the limit of "
-                f"{max_pixels} (EDGE_MAX_IMAGE_PIXELS)"
-            )
-        image.load()
     except Image.DecompressionBombError:
         raise PayloadTooLarge(
             f"image is over {max_pixels} pixels (EDGE_MAX_IMAGE_PIXELS)"
         ) from None
-    except (UnidentifiedImageError, OSError, ValueError, SyntaxError, EOFError):
-        raise BadRequest(f"cannot decode the uploaded {fmt} image (corrupt or truncated)") from None
+    except _CORRUPT:
+        raise _corrupt(fmt) from None
+    width, height = image.size
+    if width * height > max_pixels:
+        raise PayloadTooLarge(
+            f"image is {width}x{height} = {width * height} pixels, over the limit of "
+            f"{max_pixels} (EDGE_MAX_IMAGE_PIXELS)"
+        )
     return image
+
+
+def load_pixels(image: Image.Image) -> Image.Image:
+    """Decode the pixels of an image from open_image (400 if they are corrupt or cut short)."""
+    try:
+        image.load()
+    except _CORRUPT:
+        raise _corrupt(image.format or "image") from None
+    return image
+
+
+_CORRUPT = (UnidentifiedImageError, OSError, ValueError, SyntaxError, EOFError)
+"""What Pillow raises on bytes that are not a valid image of their format."""
+
+
+def _corrupt(fmt: str) -> BadRequest:
+    return BadRequest(f"cannot decode the uploaded {fmt} image (corrupt or truncated)")
 
 
 class Processor:

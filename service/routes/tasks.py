@@ -15,7 +15,7 @@ from service.connections import Connection, connection_of
 from service.errors import NotFound, PayloadTooLarge
 from service.inference import Inference
 from service.manifest import Task
-from service.processing import decode_image
+from service.processing import load_pixels, open_image
 from service.registry import ModelEntry, Registry
 from service.routes.deps import InferenceDep, RegistryDep
 from service.runtime import ModelRuntime
@@ -24,6 +24,9 @@ router = APIRouter(prefix="/tasks", tags=["Tasks"])
 
 TOP_K_DEFAULT = 5
 TOP_K_MAX = 100
+INLINE_DECODE_PIXELS = 64 * 64
+"""Images up to this size are decoded on the event loop: ~0.2 ms, about what handing them to
+a worker thread costs (digits' 64x64 PNG: 0.24 ms inline, 0.40 ms through a thread)."""
 
 Precision = Annotated[
     str | None,
@@ -139,12 +142,15 @@ async def _run_image(
     connection: Connection | None,
 ) -> np.ndarray:
     """Decode the upload, preprocess it as model.json says, run it; the first output."""
-    max_pixels = inference.settings.max_image_pixels
+    image = open_image(data, inference.settings.max_image_pixels)  # the header only
 
-    def feed() -> dict[str, np.ndarray]:  # decoding a large image must not stall the loop
-        return entry.processor.images_to_feed([decode_image(data, max_pixels)])
+    def feed() -> dict[str, np.ndarray]:
+        return entry.processor.images_to_feed([load_pixels(image)])
 
-    feed_arrays = await asyncio.to_thread(feed)
+    if image.width * image.height <= INLINE_DECODE_PIXELS:
+        feed_arrays = feed()
+    else:  # decoding a large image must not stall the loop
+        feed_arrays = await asyncio.to_thread(feed)
     outputs = await inference.run(runtime, feed_arrays, connection=connection)
     return next(iter(outputs.values()))
 
