@@ -11,6 +11,7 @@ import numpy as np
 import orjson
 from pydantic import BaseModel, ConfigDict, Field
 
+from service import json_tensors
 from service.bounds import DEFAULT_LIMITS, Limits, check_cast, check_json_values, element_count
 from service.classification import class_counts
 from service.errors import BadRequest
@@ -206,7 +207,7 @@ _Header = tuple[str | None, dict[str, Any], list[_Tensor], list[tuple[str, dict[
 def _parse_header(header: bytes | memoryview, limits: Limits) -> _Header:
     check_json_values(header, limits)  # before orjson turns every value into a Python object
     try:
-        request = orjson.loads(header)
+        request = json_tensors.loads(header)
     except orjson.JSONDecodeError as exc:
         raise BadRequest(f"malformed inference request: invalid JSON ({exc.msg})") from None
     return _check_request(request)
@@ -353,7 +354,7 @@ def _from_json(tensor: _Tensor, limits: Limits) -> np.ndarray:
             raise BadRequest(f"input '{tensor.name}': BYTES data must be strings")
         array = np.array([item.encode() for item in flat], dtype=object)
     else:
-        try:
+        try:  # large bodies' data are arrays already (service.json_tensors)
             array = np.asarray(tensor.data)
         except ValueError:
             raise BadRequest(f"input '{tensor.name}': data is not a regular nested list") from None
