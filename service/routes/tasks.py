@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Callable
 from typing import Annotated, Any
 
 import numpy as np
@@ -101,16 +102,12 @@ async def classify_image(
     connection: Connection | None,
 ) -> dict[str, Any]:
     """An uploaded image's top_k labels, as ClassifyResponse describes them."""
-    async with inference.track(runtime):
-        started = time.perf_counter()
-        output = await _run_image(inference, entry, runtime, data, connection)
-        labels = entry.processor.classify(output, top_k)[0]
-    return {
-        "model": runtime.model,
-        "version": runtime.variant,
-        "labels": [{"label": ls.label, "score": ls.score} for ls in labels],
-        "latency_ms": (time.perf_counter() - started) * 1000.0,
-    }
+
+    def labels(output: np.ndarray) -> dict[str, Any]:
+        best = entry.processor.classify(output, top_k)[0]
+        return {"labels": [{"label": ls.label, "score": ls.score} for ls in best]}
+
+    return await _run_image(inference, entry, runtime, data, connection, labels)
 
 
 async def recognize_image(
@@ -121,17 +118,12 @@ async def recognize_image(
     connection: Connection | None,
 ) -> dict[str, Any]:
     """The text in an uploaded image, as RecognizeResponse describes it."""
-    async with inference.track(runtime):
-        started = time.perf_counter()
-        output = await _run_image(inference, entry, runtime, data, connection)
+
+    def text(output: np.ndarray) -> dict[str, Any]:
         result = entry.processor.recognize(output)[0]
-    return {
-        "model": runtime.model,
-        "version": runtime.variant,
-        "text": result.text,
-        "confidence": result.confidence,
-        "latency_ms": (time.perf_counter() - started) * 1000.0,
-    }
+        return {"text": result.text, "confidence": result.confidence}
+
+    return await _run_image(inference, entry, runtime, data, connection, text)
 
 
 async def _run_image(
@@ -140,19 +132,28 @@ async def _run_image(
     runtime: ModelRuntime,
     data: bytes,
     connection: Connection | None,
-) -> np.ndarray:
-    """Decode the upload, preprocess it as model.json says, run it; the first output."""
-    image = open_image(data, inference.settings.max_image_pixels)  # the header only
+    answer: Callable[[np.ndarray], dict[str, Any]],
+) -> dict[str, Any]:
+    """Decode the upload, preprocess it as model.json says, run it, `answer` the first output."""
+    async with inference.track(runtime):
+        started = time.perf_counter()
+        image = open_image(data, inference.settings.max_image_pixels)  # the header only
 
-    def feed() -> dict[str, np.ndarray]:
-        return entry.processor.images_to_feed([load_pixels(image)])
+        def feed() -> dict[str, np.ndarray]:
+            return entry.processor.images_to_feed([load_pixels(image)])
 
-    if image.width * image.height <= INLINE_DECODE_PIXELS:
-        feed_arrays = feed()
-    else:  # decoding a large image must not stall the loop
-        feed_arrays = await asyncio.to_thread(feed)
-    outputs = await inference.run(runtime, feed_arrays, connection=connection)
-    return next(iter(outputs.values()))
+        if image.width * image.height <= INLINE_DECODE_PIXELS:
+            feed_arrays = feed()
+        else:  # decoding a large image must not stall the loop
+            feed_arrays = await asyncio.to_thread(feed)
+        outputs = await inference.run(runtime, feed_arrays, connection=connection)
+        body = answer(next(iter(outputs.values())))
+    return {
+        "model": runtime.model,
+        "version": runtime.variant,
+        **body,
+        "latency_ms": (time.perf_counter() - started) * 1000.0,
+    }
 
 
 def check_sentences(sentences: list[str], settings: Settings) -> None:
