@@ -43,8 +43,11 @@ COPY service/ service/
 # For size: tokenizers pulls in huggingface-hub (and its HTTP/xet stack, ~29 MB) only for
 # Tokenizer.from_pretrained, which the service never calls (it loads the tokenizer file
 # from the model repository): removed, and `pip check` must find nothing else missing.
-# numpy's test suite (17 MB), pip and setuptools go too. (onnxruntime is not imported
-# here: its CPU probe crashes under qemu-user, which builds the arm64 image.)
+# numpy's test suite (17 MB), pip and setuptools go too, and so do onnxruntime's offline
+# tools (transformers, quantization, tools: 9 MB; the service imports only onnxruntime.capi,
+# the build stage has its own onnxruntime) and pysimdjson's bundled C++ sources (7 MB; the
+# compiled module is all it runs). (onnxruntime is not imported here: its CPU probe crashes
+# under qemu-user, which builds the arm64 image.)
 RUN /opt/venv/bin/pip install --no-cache-dir --no-deps . \
     && /opt/venv/bin/pip uninstall --yes huggingface-hub hf-xet fsspec httpx2 httpcore2 tqdm \
          filelock pyyaml \
@@ -54,8 +57,13 @@ RUN /opt/venv/bin/pip install --no-cache-dir --no-deps . \
     && rm /tmp/pip-check.txt \
     && /opt/venv/bin/pip uninstall --yes pip setuptools \
     && find /opt/venv/lib -depth -type d -name tests -path '*/site-packages/numpy/*' -exec rm -rf {} + \
+    && rm -rf /opt/venv/lib/python3*/site-packages/onnxruntime/transformers \
+         /opt/venv/lib/python3*/site-packages/onnxruntime/quantization \
+         /opt/venv/lib/python3*/site-packages/onnxruntime/tools \
+    && find /opt/venv/lib -path '*/site-packages/simdjson/*' \
+         \( -name '*.cpp' -o -name '*.h' -o -name '*.pyx' \) -delete \
     && /opt/venv/bin/python -c "import fastapi, uvicorn, numpy, PIL, tokenizers, python_multipart, \
-pydantic_settings, prometheus_client; from importlib.util import find_spec as f; \
+pydantic_settings, prometheus_client, simdjson; from importlib.util import find_spec as f; \
 assert f('onnxruntime') and f('service.app')"
 
 # ---------------------------------------------------------------------------------------
