@@ -49,7 +49,7 @@ def make_plan(args: argparse.Namespace) -> Plan:
         repository=args.repository,
         variants=variants,
         concurrency=[1, 16] if quick else [1, 4, 16, 64],
-        rounds=int(os.environ.get("BENCH_ROUNDS", 2 if quick else 3)),
+        rounds=int(os.environ.get("BENCH_ROUNDS", 2 if quick else 5)),
         seconds=int(os.environ.get("BENCH_SECONDS", 2)),
         overload_seconds=float(os.environ.get("BENCH_SECONDS", 3 if quick else 10)),
         quick=quick,
