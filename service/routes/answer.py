@@ -1,35 +1,62 @@
-"""How the plain-ASGI routes answer: one 200 or one {"error": ...}, sent in two messages.
+"""The plain-ASGI routes' shared part: which requests they take, and how they answer them.
 
 The routes that skip FastAPI (service.routes.infer, service.routes.uploads) still owe clients
-the error shape and statuses FastAPI's handlers give (service.errors); they are written here
-once instead of in each route.
+the error shape and statuses FastAPI's handlers give (service.errors): one 200 or one
+{"error": ...}, sent in two messages. That, and passing every other request on, is written
+here once instead of in each route.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable, Callable
+import re
+from collections.abc import Awaitable
 
 from starlette.exceptions import HTTPException
-from starlette.types import Scope, Send
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from service.errors import ServiceError, error_headers
+from service.inference import Inference
 from service.protocol import dumps
+from service.registry import Registry
 
 log = logging.getLogger(__name__)
 
 RawHeaders = list[tuple[bytes, bytes]]
 JSON: RawHeaders = [(b"content-type", b"application/json")]
 
-Produce = Callable[[], Awaitable[tuple[bytes, RawHeaders] | None]]
-"""A route's work: the body and headers of its 200, or None when the client has gone."""
+Answer = tuple[bytes, RawHeaders] | None
+"""A route's work done: the body and headers of its 200, or None when the client has gone."""
 
 
-async def answer(scope: Scope, send: Send, produce: Produce) -> None:
-    """Run `produce` and send its 200, or the error it raised as {"error": ...}."""
+class PlainRoute:
+    """ASGI middleware: a POST whose path matches `path` is answered by `handle`; others pass on."""
+
+    path: re.Pattern[str]
+
+    def __init__(self, app: ASGIApp, registry: Registry, inference: Inference) -> None:
+        self.app = app
+        self.registry = registry
+        self.inference = inference
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["method"] == "POST":
+            match = self.path.match(scope["path"])
+            if match is not None:
+                await answer(scope, send, self.handle(scope, receive, match))
+                return
+        await self.app(scope, receive, send)
+
+    async def handle(self, scope: Scope, receive: Receive, match: re.Match[str]) -> Answer:
+        """The route's work for one matched request; errors raised here become the answer."""
+        raise NotImplementedError
+
+
+async def answer(scope: Scope, send: Send, work: Awaitable[Answer]) -> None:
+    """Await the route's `work` and send its 200, or the error it raised as {"error": ...}."""
     extra: dict[str, str] | None = None
     try:
-        result = await produce()
+        result = await work
         if result is None:
             return  # the client went away; nothing to answer
         status = 200

@@ -13,7 +13,7 @@ import asyncio
 import re
 import zlib
 
-from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.types import Receive, Scope
 
 from service.bounds import DEFAULT_LIMITS, Limits, check_json_outputs
 from service.classification import classify, labels_of
@@ -22,7 +22,7 @@ from service.errors import BadRequest, PayloadTooLarge
 from service.inference import Inference
 from service.protocol import DecodedRequest, decode_request, encode_response
 from service.registry import Registry
-from service.routes.answer import RawHeaders, answer
+from service.routes.answer import Answer, PlainRoute
 
 INFER_PATH = re.compile(r"^/v2/models/(?P<model>[^/]+)(?:/versions/(?P<version>[^/]+))?/infer$")
 # JSON bodies and JSON outputs above these sizes are parsed/written in a worker thread, so the
@@ -105,42 +105,26 @@ def _int_or_zero(text: str) -> int:
     return int(text) if text.isdigit() else 0
 
 
-class InferRoute:
+class InferRoute(PlainRoute):
     """ASGI middleware: POST /v2/models/{model}[/versions/{version}]/infer answered here."""
 
-    def __init__(self, app: ASGIApp, registry: Registry, inference: Inference) -> None:
-        self.app = app
-        self.registry = registry
-        self.inference = inference
+    path = INFER_PATH
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http" and scope["method"] == "POST":
-            match = INFER_PATH.match(scope["path"])
-            if match is not None:
-                await self._infer(scope, receive, send, match["model"], match["version"])
-                return
-        await self.app(scope, receive, send)
-
-    async def _infer(
-        self, scope: Scope, receive: Receive, send: Send, model: str, version: str | None
-    ) -> None:
-        async def produce() -> tuple[bytes, RawHeaders] | None:
-            body = await _read_body(receive)
-            if body is None:
-                return None
-            header_length = encoding = None
-            for name, value in scope["headers"]:
-                if name == b"inference-header-content-length":
-                    header_length = value.decode("latin-1")
-                elif name == b"content-encoding":
-                    encoding = value.decode("latin-1")
-            content, headers = await infer_response(
-                self.registry, self.inference, model, version, body, header_length, encoding,
-                connection_of(scope),
-            )  # fmt: skip
-            return content, [(k.lower().encode("latin-1"), v.encode()) for k, v in headers.items()]
-
-        await answer(scope, send, produce)
+    async def handle(self, scope: Scope, receive: Receive, match: re.Match[str]) -> Answer:
+        body = await _read_body(receive)
+        if body is None:
+            return None
+        header_length = encoding = None
+        for name, value in scope["headers"]:
+            if name == b"inference-header-content-length":
+                header_length = value.decode("latin-1")
+            elif name == b"content-encoding":
+                encoding = value.decode("latin-1")
+        content, headers = await infer_response(
+            self.registry, self.inference, match["model"], match["version"], body,
+            header_length, encoding, connection_of(scope),
+        )  # fmt: skip
+        return content, [(k.lower().encode("latin-1"), v.encode()) for k, v in headers.items()]
 
 
 async def _read_body(receive: Receive) -> bytes | None:

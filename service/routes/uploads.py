@@ -14,14 +14,12 @@ import re
 from starlette.datastructures import QueryParams, UploadFile
 from starlette.formparsers import MultiPartException
 from starlette.requests import ClientDisconnect, Request
-from starlette.types import ASGIApp, Receive, Scope, Send
+from starlette.types import Receive, Scope
 
 from service.connections import connection_of
 from service.errors import BadRequest, Unprocessable
-from service.inference import Inference
 from service.protocol import dumps
-from service.registry import Registry
-from service.routes.answer import JSON, RawHeaders, answer
+from service.routes.answer import JSON, Answer, PlainRoute
 from service.routes.tasks import (
     TOP_K_DEFAULT,
     TOP_K_MAX,
@@ -34,30 +32,13 @@ UPLOAD_PATH = re.compile(r"^/tasks/(?P<model>[^/]+)/(?P<route>classify|recognize
 IMAGE_FIELD = "image"
 
 
-class UploadRoute:
+class UploadRoute(PlainRoute):
     """ASGI middleware: the image task calls answered here, everything else passed on."""
 
-    def __init__(self, app: ASGIApp, registry: Registry, inference: Inference) -> None:
-        self.app = app
-        self.registry = registry
-        self.inference = inference
+    path = UPLOAD_PATH
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http" and scope["method"] == "POST":
-            match = UPLOAD_PATH.match(scope["path"])
-            if match is not None:
-                model, route = match["model"], match["route"]
-
-                async def produce() -> tuple[bytes, RawHeaders] | None:
-                    return await self._task(scope, receive, model, route)
-
-                await answer(scope, send, produce)
-                return
-        await self.app(scope, receive, send)
-
-    async def _task(
-        self, scope: Scope, receive: Receive, model: str, route: str
-    ) -> tuple[bytes, RawHeaders] | None:
+    async def handle(self, scope: Scope, receive: Receive, match: re.Match[str]) -> Answer:
+        model, route = match["model"], match["route"]
         # The cheapest refusals first: a bad query or an unknown model costs no form parsing.
         query = QueryParams(scope["query_string"])
         top_k = _top_k(query.get("top_k")) if route == "classify" else TOP_K_DEFAULT
