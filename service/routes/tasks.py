@@ -132,9 +132,10 @@ async def _run_image(
     runtime: ModelRuntime,
     data: bytes,
     connection: Connection | None,
-    answer: Callable[[np.ndarray], dict[str, Any]],
+    fields: Callable[[np.ndarray], dict[str, Any]],
 ) -> dict[str, Any]:
-    """Decode the upload, preprocess it as model.json says, run it, `answer` the first output."""
+    """Decode the upload, preprocess it as model.json says, run it; the task's `fields` of the
+    first output inside the model/version/latency envelope."""
     async with inference.track(runtime):
         started = time.perf_counter()
         image = open_image(data, inference.settings.max_image_pixels)  # the header only
@@ -147,7 +148,7 @@ async def _run_image(
         else:  # decoding a large image must not stall the loop
             feed_arrays = await asyncio.to_thread(feed)
         outputs = await inference.run(runtime, feed_arrays, connection=connection)
-        body = answer(next(iter(outputs.values())))
+        body = fields(next(iter(outputs.values())))
     return {
         "model": runtime.model,
         "version": runtime.variant,
