@@ -116,6 +116,31 @@ def test_parked_request_gets_503_at_the_deadline(runtime: ModelRuntime) -> None:
     lane.close()
 
 
+def test_queue_that_drains_in_time_is_served_in_order(runtime: ModelRuntime) -> None:
+    """Oldest first while the parked can all be served by the deadline; newest first after."""
+    lane = make_lane(runtime, CoreSlots(1), deadline=10.0)
+
+    async def scenario() -> None:
+        for _ in range(lane.capacity):
+            await lane.admit()
+        parked = [asyncio.ensure_future(lane.admit()) for _ in range(4)]
+        await asyncio.sleep(0)
+        lane.row_seconds = 0.001  # four parked drain in ms: in order
+        lane.release()
+        await asyncio.sleep(0)
+        assert [p.done() for p in parked] == [True, False, False, False]
+        lane.row_seconds = 4.0  # three parked take 12 s, past the 10 s deadline: it stands
+        lane.release()
+        await asyncio.sleep(0)
+        assert [p.done() for p in parked] == [True, False, False, True]
+        for future in parked[1:3]:
+            future.cancel()
+        await asyncio.gather(*parked, return_exceptions=True)
+
+    asyncio.run(scenario())
+    lane.close()
+
+
 @pytest.fixture
 def row_cost(runtime: ModelRuntime) -> Iterator[Any]:
     """Set the load-time row cost that sends a lane's runs to the event loop or its workers."""
