@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
+from functools import partial
 from typing import Annotated, Any
 
 import numpy as np
@@ -19,7 +20,7 @@ from service.manifest import Task
 from service.processing import load_pixels, open_image
 from service.registry import ModelEntry, Registry
 from service.routes.deps import InferenceDep, RegistryDep
-from service.runtime import ModelRuntime
+from service.runtime import Feed, ModelRuntime
 
 router = APIRouter(prefix="/tasks", tags=["Tasks"])
 
@@ -107,7 +108,8 @@ async def classify_image(
         best = entry.processor.classify(output, top_k)[0]
         return {"labels": [{"label": ls.label, "score": ls.score} for ls in best]}
 
-    return await _run_image(inference, entry, runtime, data, connection, labels)
+    feed = partial(_image_feed, inference, entry, data)
+    return await _run_task(inference, runtime, connection, feed, labels)
 
 
 async def recognize_image(
@@ -123,31 +125,51 @@ async def recognize_image(
         result = entry.processor.recognize(output)[0]
         return {"text": result.text, "confidence": result.confidence}
 
-    return await _run_image(inference, entry, runtime, data, connection, text)
+    feed = partial(_image_feed, inference, entry, data)
+    return await _run_task(inference, runtime, connection, feed, text)
 
 
-async def _run_image(
+async def embed_sentences(
     inference: Inference,
     entry: ModelEntry,
     runtime: ModelRuntime,
-    data: bytes,
+    sentences: list[str],
     connection: Connection | None,
+) -> dict[str, Any]:
+    """One embedding per sentence, as EmbedResponse describes them."""
+
+    def vectors(output: np.ndarray) -> dict[str, Any]:
+        return {"dimension": int(output.shape[-1]), "embeddings": output.tolist()}
+
+    # Tokenizing a batch of long sentences takes milliseconds: off the event loop.
+    feed = partial(asyncio.to_thread, entry.processor.texts_to_feed, sentences)
+    return await _run_task(inference, runtime, connection, feed, vectors)
+
+
+async def _image_feed(inference: Inference, entry: ModelEntry, data: bytes) -> Feed:
+    """The upload decoded and preprocessed as model.json says."""
+    image = open_image(data, inference.settings.max_image_pixels)  # the header only
+
+    def feed() -> Feed:
+        return entry.processor.images_to_feed([load_pixels(image)])
+
+    if image.width * image.height <= INLINE_DECODE_PIXELS:
+        return feed()
+    return await asyncio.to_thread(feed)  # decoding a large image must not stall the loop
+
+
+async def _run_task(
+    inference: Inference,
+    runtime: ModelRuntime,
+    connection: Connection | None,
+    feed: Callable[[], Awaitable[Feed]],
     fields: Callable[[np.ndarray], dict[str, Any]],
 ) -> dict[str, Any]:
-    """Decode the upload, preprocess it as model.json says, run it; the task's `fields` of the
-    first output inside the model/version/latency envelope."""
+    """Prepare the feed and run it; the task's `fields` of the first output inside the
+    model/version/latency envelope every task answers with."""
     async with inference.track(runtime):
         started = time.perf_counter()
-        image = open_image(data, inference.settings.max_image_pixels)  # the header only
-
-        def feed() -> dict[str, np.ndarray]:
-            return entry.processor.images_to_feed([load_pixels(image)])
-
-        if image.width * image.height <= INLINE_DECODE_PIXELS:
-            feed_arrays = feed()
-        else:  # decoding a large image must not stall the loop
-            feed_arrays = await asyncio.to_thread(feed)
-        outputs = await inference.run(runtime, feed_arrays, connection=connection)
+        outputs = await inference.run(runtime, await feed(), connection=connection)
         body = fields(next(iter(outputs.values())))
     return {
         "model": runtime.model,
@@ -215,18 +237,9 @@ async def embed(
     model: str,
     body: EmbedRequest,
     precision: Precision = None,
-) -> EmbedResponse:
+) -> dict[str, Any]:
     check_sentences(body.sentences, inference.settings)  # the cheapest refusal first
     entry, runtime = resolve_task(registry, model, "embed", precision)
-    async with inference.track(runtime):
-        started = time.perf_counter()
-        feed = await asyncio.to_thread(entry.processor.texts_to_feed, body.sentences)
-        outputs = await inference.run(runtime, feed, connection=connection_of(request.scope))
-        embeddings = next(iter(outputs.values()))
-    return EmbedResponse(
-        model=model,
-        version=runtime.variant,
-        dimension=int(embeddings.shape[-1]),
-        embeddings=embeddings.tolist(),
-        latency_ms=(time.perf_counter() - started) * 1000.0,
+    return await embed_sentences(
+        inference, entry, runtime, body.sentences, connection_of(request.scope)
     )
