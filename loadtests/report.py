@@ -11,14 +11,23 @@ from pathlib import Path
 from typing import Any
 
 import matplotlib
+import numpy as np
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 
 NOISE = 0.15
-"""Differences under this are not called a difference: repeats of one measurement differed
-13-39% on these shared machines (docs: NOTES.md, HTTP serving)."""
+"""With one round, differences under this are not called a difference: repeats of one
+measurement differed 13-39% on these shared machines (docs: NOTES.md, HTTP serving)."""
+SMALLEST = 0.05
+"""With rounds, a difference every round agrees on is called once its median is this large."""
+MEASURES = (
+    ("cpu_seconds_per_request", False, "server CPU per request"),
+    ("requests_per_s", True, "throughput"),
+    ("server_p50", False, "server p50"),
+)
+"""What the reading weighs, from the paired rounds: (ratio key, higher is better, name)."""
 
 MB = 1e6
 
@@ -218,7 +227,7 @@ def throughput_chart(model: str, runs: list[dict[str, Any]], duration: float) ->
                 color=_color(variant, variants),
                 linestyle="--" if mixed else "-",
                 marker=".",
-                label=f"{variant} (mixed run)" if mixed else variant,
+                label=f"{variant} (mixed run)" if mixed else f"{run['run']} (alone)",
             )
     ax.set_xlabel("seconds into the run")
     ax.set_ylabel("requests/s")
@@ -289,6 +298,86 @@ def _compare(value: float | None, higher_is_better: bool) -> int:
     return 0
 
 
+@dataclass
+class Finding:
+    """One measure's paired ratios (variant / baseline, a round each) and what they say."""
+
+    name: str
+    ratios: list[float]
+    verdict: int
+    """+1 better, -1 worse, 0 no difference the rounds agree on."""
+
+    def __str__(self) -> str:
+        middle = float(np.median(self.ratios))
+        if len(self.ratios) == 1:
+            return f"{self.name} {times(middle)}"
+        spread = f"{times(min(self.ratios))}-{times(max(self.ratios))}"
+        return f"{self.name} {times(middle)} (rounds {spread})"  # median, then the range
+
+
+def finding(name: str, ratios: list[float | None], higher_is_better: bool) -> Finding:
+    """Better or worse only if every round agrees and the median differs by SMALLEST.
+
+    A threshold alone flipped the reading from run to run wherever the true difference sat
+    near it; the rounds agreeing is what separates a difference from the machine's drift.
+    """
+    values = [r for r in ratios if r is not None]
+    if len(values) < 2:
+        verdict = _compare(values[0], higher_is_better) if values else 0
+        return Finding(name, values, verdict)
+    middle = float(np.median(values))
+    higher = all(r > 1 for r in values) and middle >= 1 + SMALLEST
+    lower = all(r < 1 for r in values) and middle <= 1 - SMALLEST
+    direction = 1 if higher else -1 if lower else 0
+    return Finding(name, values, direction if higher_is_better else -direction)
+
+
+def speed_findings(ratio_row: dict[str, Any]) -> list[Finding]:
+    """The MEASURES from the alone runs' paired rounds (or their totals, without rounds)."""
+    rounds = ratio_row.get("rounds") or [ratio_row]
+    return [
+        finding(name, [r.get(key) for r in rounds], higher_is_better)
+        for key, higher_is_better, name in MEASURES
+        if any(r.get(key) is not None for r in rounds)
+    ]
+
+
+def speed_verdict(variant: str, base: str, findings: list[Finding]) -> str:
+    better = [f for f in findings if f.verdict > 0]
+    worse = [f for f in findings if f.verdict < 0]
+    count = max((len(f.ratios) for f in findings), default=0)
+    agreed = (
+        f"in every one of {count} interleaved rounds" if count > 1
+        else f"by more than {NOISE:.0%} (one round)"
+    )  # fmt: skip
+    if better and not worse:
+        return (
+            f"{variant} was faster {agreed}: {'; '.join(map(str, better))}. It passed the "
+            f"accuracy gate; on these numbers, ship {variant}."
+        )
+    if worse and not better:
+        return (
+            f"{variant} was slower {agreed}: {'; '.join(map(str, worse))}. On these numbers, "
+            f"ship {base} unless file size or memory matter more than speed."
+        )
+    if better and worse:
+        return (
+            f"{variant} was better {agreed} on {'; '.join(map(str, better))}, and worse on "
+            f"{'; '.join(map(str, worse))}. Which counts depends on the deployment; it passed "
+            "the accuracy gate."
+        )
+    rule = (
+        f"no measure was better or worse in every round by a median of {SMALLEST:.0%} or more"
+        if count > 1
+        else f"no measure differed by {NOISE:.0%} or more in this one round"
+    )
+    return (
+        f"{rule} ({'; '.join(map(str, findings)) or 'nothing measured'}), so speed does not "
+        f"decide here; {variant} passed the accuracy gate, and file size and memory are the "
+        "differences that remain."
+    )
+
+
 def reading(summary: dict[str, Any]) -> list[Block]:
     """Per model and variant: a one-line reading, then the measured facts behind it."""
     blocks: list[Block] = []
@@ -322,10 +411,17 @@ def _reading_one(
     acc_v = _find(accuracy, model=model, variant=variant) or {}
     acc_b = _find(accuracy, model=model, variant=base) or {}
     facts = []
+    if r_alone.get("rounds"):
+        per_round = "; ".join(
+            f"{name} " + ", ".join(times(r.get(key)) for r in r_alone["rounds"])
+            for key, _, name in MEASURES
+        )
+        facts.append(f"Round by round, {variant} / {base} (alone runs, interleaved): {per_round}.")
     if a_v and a_b:
         facts.append(
-            f"Throughput, each run alone: {rate(a_v['requests_per_s'])} req/s for {variant}, "
-            f"{rate(a_b['requests_per_s'])} for {base} ({times(r_alone.get('requests_per_s'))})."
+            f"Throughput, alone (rounds together): {rate(a_v['requests_per_s'])} req/s for "
+            f"{variant}, {rate(a_b['requests_per_s'])} for {base} "
+            f"({times(r_alone.get('requests_per_s'))})."
         )
         facts.append(
             f"Latency p50, run alone: client {ms(a_v['client_ms']['p50'])} vs "
@@ -380,30 +476,13 @@ def _reading_one(
             f"{acc_v.get('gate')}. File size {mb(acc_v.get('size_bytes'))} vs "
             f"{mb(acc_b.get('size_bytes'))} MB."
         )
-    throughput = _compare(r_alone.get("requests_per_s"), higher_is_better=True)
-    server = _compare(r_mixed.get("server_p50") or r_alone.get("server_p50"), False)
     if acc_v.get("gate") != "pass":
         verdict = (
             f"{variant} did not pass the build's accuracy gate, so its speed does not make it "
             f"shippable; {base} is the one to ship until the quantization is fixed."
         )
-    elif throughput > 0 or (server > 0 and throughput >= 0):
-        where = "end to end" if throughput > 0 else "inside the server"
-        verdict = (
-            f"{variant} was faster {where} by more than {NOISE:.0%} and passed the accuracy "
-            f"gate; on these numbers, ship {variant}."
-        )
-    elif throughput < 0 or server < 0:
-        verdict = (
-            f"{variant} was slower by more than {NOISE:.0%}; on these numbers, ship {base} "
-            "unless file size or memory matter more than speed."
-        )
     else:
-        verdict = (
-            f"end-to-end speed differed by less than {NOISE:.0%} (within the run-to-run noise "
-            f"of these machines), so speed does not decide here; {variant} passed the accuracy "
-            "gate, and file size and memory are the differences that remain."
-        )
+        verdict = speed_verdict(variant, base, speed_findings(r_alone))
     return verdict, facts
 
 
@@ -445,8 +524,11 @@ def ratio_table(ratio_rows: list[dict[str, Any]]) -> Table:
     return Table(
         ["model", "variant / baseline", "run", "req/s", "client p50", "client p99",
          "server p50", "server p99", "ORT compute p50", "CPU / request", "variant memory"],
-        [[r["model"], f"{r['variant']} / {r['baseline']}", r["run"],
-          *(times(r.get(k)) for k in keys)] for r in ratio_rows],
+        [[r["model"], f"{r['variant']} / {r['baseline']}", run,
+          *(times(row.get(k)) for k in keys)]
+         for r in ratio_rows
+         for run, row in [(r["run"], r)] + [(f"alone, round {n}", each) for n, each in
+                                            enumerate(r.get("rounds") or [], start=1)]],
         id="ratios",
     )  # fmt: skip
 
@@ -502,11 +584,13 @@ def _method(summary: dict[str, Any]) -> list[str]:
         f"Service: {summary['service']['url']}"
         + (" (already running)" if summary["service"]["external"] else " started by the runner")
         + f", repository `{s['repository']}`.",
-        f"Each model got one Locust run per variant and one mixed run (all its variants at "
+        f"Each model got {s.get('rounds', 1)} round(s) of Locust runs of each variant alone, "
+        "interleaved (fp32, int8, fp32, int8, ...), then one mixed run (all its variants at "
         f"once, chosen at random per request), each {s['duration_s']} s with {s['users']} users "
         f"started at {s['spawn_rate']:g}/s, headless, one process. Users have no think time "
-        "(closed loop): each sends its next request when the answer arrives, so the server is "
-        "saturated; req/s is its capacity and latency includes queueing.",
+        "(closed loop): each sends its next request when the answer arrives, so req/s is what "
+        "the server and the generator sustain together (Locust's own CPU is reported per run) "
+        "and latency includes queueing. The alone rows put a variant's rounds together.",
         f"Request mix (weights): {weights}; `task` is the model's task endpoint. Bodies are "
         "the model's shipped samples ("
         + ", ".join(f"{k}: {v}" for k, v in s["samples"].items())
@@ -526,10 +610,13 @@ def _method(summary: dict[str, Any]) -> list[str]:
         "run's CPU cannot be split). Variant memory: `edge_variant_memory_bytes` (RSS growth "
         "while the variant loaded / after warm-up). RSS: `process_resident_memory_bytes`, "
         "scraped every second.",
-        f"Ratios are variant / fp32 from the same kind of run; a difference under {NOISE:.0%} is "
-        "not called one (repeats of one measurement differed 13-39% on these shared machines). "
-        "The mixed run, where both are served at the same moments, is the fairer comparison "
-        "of server-side latency when the machine is busy.",
+        "Ratios are variant / fp32 from the same kind of run. The reading above weighs the "
+        "alone runs round by round (each variant's round against the baseline's round next to "
+        "it): a measure counts as better or worse only when every round agrees and the median "
+        f"differs by {SMALLEST:.0%} or more (with one round: by {NOISE:.0%}; repeats of one "
+        "measurement differed 13-39% on these shared machines). The mixed run, where both are "
+        "served at the same moments, shows server-side latency when the variants share the "
+        "core.",
     ]
     return items
 
@@ -591,7 +678,8 @@ def build_sections(summary: dict[str, Any], charts: bool = True) -> list[Section
         Section(
             "Ratios to FP32",
             [
-                "Variant / fp32. Above 1 is better for req/s; below 1 is better for latency, "
+                "Variant / fp32; the alone rows also round by round (each against the fp32 round "
+                "next to it). Above 1 is better for req/s; below 1 is better for latency, "
                 "CPU and memory.",
                 ratio_table(summary["ratios"]),
             ],

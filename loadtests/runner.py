@@ -1,9 +1,10 @@
-"""`python -m loadtests`: start the service, run Locust once per variant and once mixed, report.
+"""`python -m loadtests`: start the service, run Locust per variant and mixed, report.
 
-Each model under test gets one headless Locust run per variant and one with all its variants
-at once, all with the same users, spawn rate, duration and request mix. /metrics is scraped
-before, after and every second during each run, so the report puts server-side latency,
-memory and CPU beside Locust's client-side numbers.
+Each model under test gets headless Locust runs of each variant alone, in interleaved rounds
+(fp32, int8, fp32, int8, ...: whatever else the machine does meanwhile falls on both), then
+one with all its variants at once, all with the same users, spawn rate, duration and request
+mix. /metrics is scraped before, after and every second during each run, so the report puts
+server-side latency, memory and CPU beside Locust's client-side numbers.
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ class Options:
     out: Path
     host: str | None
     duration: int
+    rounds: int
     users: int
     spawn_rate: float
     models: list[str]
@@ -105,8 +107,14 @@ def parse_args(argv: list[str] | None) -> Options:
     parser.add_argument(
         "--duration",
         type=parse_duration,
-        default=parse_duration(env("LOADTEST_DURATION", "20s")),
-        help="run time of each Locust run (LOADTEST_DURATION, default 20s)",
+        default=parse_duration(env("LOADTEST_DURATION", "10s")),
+        help="run time of each Locust run (LOADTEST_DURATION, default 10s)",
+    )
+    parser.add_argument(
+        "--rounds",
+        type=int,
+        default=int(env("LOADTEST_ROUNDS", "3")),
+        help="interleaved rounds of the alone runs (LOADTEST_ROUNDS, default 3)",
     )
     parser.add_argument(
         "--users",
@@ -139,11 +147,14 @@ def parse_args(argv: list[str] | None) -> Options:
     args = parser.parse_args(argv)
     if args.users < 1:
         parser.error("--users must be at least 1")
+    if args.rounds < 1:
+        parser.error("--rounds must be at least 1")
     return Options(
         repository=args.repository,
         out=args.out,
         host=args.host.rstrip("/") if args.host else None,
         duration=args.duration,
+        rounds=args.rounds,
         users=args.users,
         spawn_rate=args.spawn_rate if args.spawn_rate > 0 else float(args.users),
         models=workload.split_list(args.models),
@@ -225,10 +236,14 @@ def run_locust(
     base_url: str,
     load: workload.Workload,
     variants: list[str],
-    label: str,
+    round_: int | None,
     pinning: Pinning,
 ) -> RunRecord:
-    """One headless Locust run against one model restricted to `variants`, with scrapes."""
+    """One headless Locust run against one model restricted to `variants`, with scrapes.
+
+    One variant: round `round_` of its alone runs; several: the mixed run.
+    """
+    label = MIXED if round_ is None else f"{variants[0]}-{round_}"
     run_dir = opts.out / load.model / label
     run_dir.mkdir(parents=True, exist_ok=True)
     raw = run_dir / "requests.json"
@@ -285,6 +300,7 @@ def run_locust(
         after=after,
         polls=poller.snapshots,
         locust_cpu_seconds=locust_cpu,
+        round=round_,
     )
 
 
@@ -304,11 +320,13 @@ def main(argv: list[str] | None = None) -> int:
         print(f"[loadtests] service ready at {service.url}; warming up", flush=True)
         warm = warm_up(service.url, loads, opts.warmup)
         for load in loads:
-            plan = [([v], v) for v in load.variants]
+            plan: list[tuple[list[str], int | None]] = [
+                ([v], n) for n in range(1, opts.rounds + 1) for v in load.variants
+            ]
             if len(load.variants) > 1:
-                plan.append((list(load.variants), MIXED))
-            for variants, label in plan:
-                runs.append(run_locust(opts, service.url, load, variants, label, pinning))
+                plan.append((list(load.variants), None))
+            for variants, round_ in plan:
+                runs.append(run_locust(opts, service.url, load, variants, round_, pinning))
     finally:
         exit_code = stop_service(service)
     summary = build_summary(

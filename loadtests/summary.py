@@ -41,6 +41,9 @@ RATIO_FIELDS: dict[str, tuple[str, ...]] = {
     "variant_memory_warm": ("variant_memory_bytes", "warm"),
     "variant_memory_loaded": ("variant_memory_bytes", "loaded"),
 }
+# What each round of the alone runs reports on its own, for the paired ratios the report's
+# reading rests on (interleaved rounds: the machine's drift falls on both variants alike).
+ROUND_FIELDS = ("requests_per_s", "cpu_seconds_per_request", "server_p50", "client_p50")
 
 
 @dataclass
@@ -59,6 +62,8 @@ class RunRecord:
     polls: list[prom.Snapshot]
     locust_cpu_seconds: float | None = None
     """CPU time (user + system) of the Locust process over the run, from its rusage."""
+    round: int | None = None
+    """Which round of the interleaved alone runs (1, 2, ...); None for the mixed run."""
 
     @property
     def kind(self) -> str:
@@ -78,25 +83,30 @@ def percentiles_ms(times: list[float]) -> dict[str, float | None]:
 
 
 def server_percentiles_ms(
-    record: RunRecord, histogram: str, model: str, variant: str
+    records: list[RunRecord], histogram: str, model: str, variant: str
 ) -> dict[str, float | None]:
-    """Percentiles of one server histogram over the run, from bucket deltas, in ms."""
+    """Percentiles of one server histogram over the runs, from summed bucket deltas, in ms."""
     labels = {"model": model, "version": variant}
-    delta = prom.bucket_delta(
-        record.before.buckets(histogram, **labels), record.after.buckets(histogram, **labels)
-    )
+    summed: dict[float, float] = defaultdict(float)
+    for record in records:
+        for bound, count in prom.bucket_delta(
+            record.before.buckets(histogram, **labels), record.after.buckets(histogram, **labels)
+        ):
+            summed[bound] += count
+    delta = sorted(summed.items())
     out: dict[str, float | None] = {}
     for p in PERCENTILES:
         value = prom.histogram_quantile(p / 100, delta)
         out[f"p{p}"] = None if value is None else round(value * 1000, 4)
-    count = _delta(record, f"{histogram}_count", **labels)
-    total = _delta(record, f"{histogram}_sum", **labels)
+    count = _delta(records, f"{histogram}_count", **labels)
+    total = _delta(records, f"{histogram}_sum", **labels)
     out["mean"] = round(total / count * 1000, 4) if count else None
     return out
 
 
-def _delta(record: RunRecord, name: str, **labels: str) -> float:
-    return record.after.total(name, **labels) - record.before.total(name, **labels)
+def _delta(records: list[RunRecord], name: str, **labels: str) -> float:
+    """A counter's growth over the runs, summed."""
+    return sum(r.after.total(name, **labels) - r.before.total(name, **labels) for r in records)
 
 
 def ratio(value: float | None, base: float | None) -> float | None:
@@ -118,7 +128,8 @@ def _dig(row: dict[str, Any], path: tuple[str, ...]) -> Any:
 def ratios(results: list[dict[str, Any]], baseline: str = BASELINE) -> list[dict[str, Any]]:
     """Each variant's figures over its model's baseline variant in the same kind of run.
 
-    Alone runs compare with the baseline's alone run; the mixed run compares variants
+    Alone runs compare with the baseline's alone runs, and round by round (round n of the
+    variant against round n of the baseline, run next to it); the mixed run compares variants
     served side by side in one run. Memory ratios are the same in both.
     """
     index = {(r["model"], r["run"], r["variant"]): r for r in results}
@@ -135,6 +146,11 @@ def ratios(results: list[dict[str, Any]], baseline: str = BASELINE) -> list[dict
         }
         for name, path in RATIO_FIELDS.items():
             entry[name] = ratio(_dig(row, path), _dig(base, path))
+        if "rounds" in row and "rounds" in base:
+            entry["rounds"] = [
+                {name: ratio(mine[name], theirs[name]) for name in ROUND_FIELDS}
+                for mine, theirs in zip(row["rounds"], base["rounds"], strict=False)
+            ]
         table.append(entry)
     return table
 
@@ -195,18 +211,24 @@ def locust_cpu(record: RunRecord) -> dict[str, Any]:
     }
 
 
-def summarize_run(
-    record: RunRecord, memory: dict[tuple[str, str], dict[str, float]]
-) -> tuple[dict[str, Any], list[dict[str, Any]]]:
-    """The run's own row and one result row per variant it drove."""
-    raw_path = record.directory / "requests.json"
-    raw: dict[str, Any] = json.loads(raw_path.read_text()) if raw_path.exists() else {}
-    requests: dict[str, Any] = raw.get("requests", {})
-    # From the test start to the last answer: the stop's wait for in-flight requests is idle.
+def _raw(record: RunRecord) -> dict[str, Any]:
+    """The locustfile's record of every request of the run ({} if it wrote none)."""
+    path = record.directory / "requests.json"
+    return json.loads(path.read_text()) if path.exists() else {}
+
+
+def _measured_seconds(raw: dict[str, Any]) -> float:
+    """From the test start to the last answer: the stop's wait for in-flight requests is idle."""
     end = float(raw.get("last_response") or raw.get("stopped", 0))
-    seconds = max(1e-9, end - float(raw.get("started", 0)))
-    server_requests = _delta(record, "edge_requests_total", model=record.model)
-    cpu = _delta(record, "process_cpu_seconds_total")
+    return max(1e-9, end - float(raw.get("started", 0)))
+
+
+def summarize_run(record: RunRecord) -> dict[str, Any]:
+    """The run's own row: its status, the server's totals over it, its series and files."""
+    raw = _raw(record)
+    requests: dict[str, Any] = raw.get("requests", {})
+    server_requests = _delta([record], "edge_requests_total", model=record.model)
+    cpu = _delta([record], "process_cpu_seconds_total")
     rss_series = [
         [round(s.at - record.started, 1), v]
         for s in [record.before, *record.polls, record.after]
@@ -219,15 +241,16 @@ def summarize_run(
     elif not requests:
         error = "Locust sent no requests (see locust.log)"
     cpu_per_request = cpu / server_requests if server_requests else None
-    run_row: dict[str, Any] = {
+    return {
         "locust": locust_cpu(record),
         "model": record.model,
         "run": record.label,
         "kind": record.kind,
+        "round": record.round,
         "variants": record.variants,
         "started": datetime.fromtimestamp(record.started, UTC).isoformat(timespec="seconds"),
         "wall_s": round(record.finished - record.started, 2),
-        "measured_s": round(seconds, 2) if raw else None,
+        "measured_s": round(_measured_seconds(raw), 2) if raw else None,
         "locust_exit_code": record.exit_code,
         "error": error,
         "server": {
@@ -255,64 +278,82 @@ def summarize_run(
                 "history_csv": record.directory / "locust_stats_history.csv",
                 "failures_csv": record.directory / "locust_failures.csv",
                 "locust_log": record.directory / "locust.log",
-                "requests_json": raw_path,
+                "requests_json": record.directory / "requests.json",
             }.items()
             if path.exists()
         },
     }
-    rows = []
-    for variant in record.variants:
-        names = {n: r for n, r in requests.items() if n.startswith(f"{record.model}/{variant} ")}
-        times = [t for r in names.values() for t in r["times_ms"]]
-        failures = sum(r["failures"] for r in names.values())
-        by_status = record.after.select("edge_requests_total", model=record.model, version=variant)
-        before = record.before.select("edge_requests_total", model=record.model, version=variant)
-        server_errors = sum(
-            v - before.get(lab, 0.0) for lab, v in by_status.items() if dict(lab)["status"] != "200"
-        )
-        rows.append(
-            {
-                "model": record.model,
-                "variant": variant,
-                "run": record.kind,
-                "requests": len(times),
-                "failures": failures,
-                "wrong_answers": sum(r["wrong_answers"] for r in names.values()),
-                "failure_rate": round(failures / len(times), 5) if times else None,
-                "requests_per_s": round(len(times) / seconds, 2) if raw else None,
-                "client_ms": percentiles_ms(times),
-                "server_ms": server_percentiles_ms(
-                    record, REQUEST_HISTOGRAM, record.model, variant
-                ),
-                "server_compute_ms": server_percentiles_ms(
-                    record, COMPUTE_HISTOGRAM, record.model, variant
-                ),
-                "server_queue_ms": server_percentiles_ms(
-                    record, QUEUE_HISTOGRAM, record.model, variant
-                ),
-                "server_requests": int(
-                    _delta(record, "edge_requests_total", model=record.model, version=variant)
-                ),
-                "server_errors": int(server_errors),
-                # The process's CPU cannot be split between variants served at once.
-                "cpu_seconds_per_request": run_row["server"]["cpu_seconds_per_request"]
-                if record.kind == ALONE
-                else None,
-                "rss_bytes_max": run_row["server"]["rss_bytes_max"],
-                "variant_memory_bytes": memory.get((record.model, variant), {}),
-                "by_kind": {
-                    _kind(name): {
-                        "requests": len(r["times_ms"]),
-                        "failures": r["failures"],
-                        "wrong_answers": r["wrong_answers"],
-                        "requests_per_s": round(len(r["times_ms"]) / seconds, 2),
-                        "client_ms": percentiles_ms(r["times_ms"]),
-                    }
-                    for name, r in sorted(names.items())
-                },
+
+
+def variant_row(
+    records: list[RunRecord], variant: str, memory: dict[tuple[str, str], dict[str, float]]
+) -> dict[str, Any]:
+    """One variant's figures over runs of one kind (its rounds alone, or the mixed run)."""
+    model, kind = records[0].model, records[0].kind
+    per_kind: dict[str, dict[str, Any]] = defaultdict(
+        lambda: {"times_ms": [], "failures": 0, "wrong_answers": 0}
+    )
+    seconds = 0.0
+    for record in records:
+        raw = _raw(record)
+        seconds += _measured_seconds(raw) if raw else 0.0
+        for name, r in raw.get("requests", {}).items():
+            if name.startswith(f"{model}/{variant} "):
+                merged = per_kind[_kind(name)]
+                merged["times_ms"] += r["times_ms"]
+                merged["failures"] += r["failures"]
+                merged["wrong_answers"] += r["wrong_answers"]
+    times = [t for r in per_kind.values() for t in r["times_ms"]]
+    failures = sum(r["failures"] for r in per_kind.values())
+    served = _delta(records, "edge_requests_total", model=model, version=variant)
+    answered = _delta(records, "edge_requests_total", model=model, version=variant, status="200")
+    # The process's CPU cannot be split between variants served at once.
+    cpu_per_request = None
+    if kind == ALONE and (all_served := _delta(records, "edge_requests_total", model=model)):
+        cpu_per_request = round(_delta(records, "process_cpu_seconds_total") / all_served, 7)
+    rss = [v for r in records for s in [r.before, *r.polls, r.after]
+           if (v := s.value("process_resident_memory_bytes")) is not None]  # fmt: skip
+    return {
+        "model": model,
+        "variant": variant,
+        "run": kind,
+        "requests": len(times),
+        "failures": failures,
+        "wrong_answers": sum(r["wrong_answers"] for r in per_kind.values()),
+        "failure_rate": round(failures / len(times), 5) if times else None,
+        "requests_per_s": round(len(times) / seconds, 2) if seconds else None,
+        "client_ms": percentiles_ms(times),
+        "server_ms": server_percentiles_ms(records, REQUEST_HISTOGRAM, model, variant),
+        "server_compute_ms": server_percentiles_ms(records, COMPUTE_HISTOGRAM, model, variant),
+        "server_queue_ms": server_percentiles_ms(records, QUEUE_HISTOGRAM, model, variant),
+        "server_requests": int(served),
+        "server_errors": int(served - answered),
+        "cpu_seconds_per_request": cpu_per_request,
+        "rss_bytes_max": max(rss) if rss else None,
+        "variant_memory_bytes": memory.get((model, variant), {}),
+        "by_kind": {
+            kind_name: {
+                "requests": len(r["times_ms"]),
+                "failures": r["failures"],
+                "wrong_answers": r["wrong_answers"],
+                "requests_per_s": round(len(r["times_ms"]) / seconds, 2) if seconds else None,
+                "client_ms": percentiles_ms(r["times_ms"]),
             }
-        )
-    return run_row, rows
+            for kind_name, r in sorted(per_kind.items())
+        },
+    }
+
+
+def round_figures(record: RunRecord, variant: str) -> dict[str, Any]:
+    """One alone round's own figures (ROUND_FIELDS), for the paired ratios."""
+    row = variant_row([record], variant, {})
+    return {
+        "run": record.label,
+        "requests_per_s": row["requests_per_s"],
+        "cpu_seconds_per_request": row["cpu_seconds_per_request"],
+        "server_p50": row["server_ms"]["p50"],
+        "client_p50": row["client_ms"]["p50"],
+    }
 
 
 def variant_memory(snapshot: prom.Snapshot) -> dict[tuple[str, str], dict[str, float]]:
@@ -415,12 +456,17 @@ def build_summary(
     server_exit_code: int | None,
 ) -> dict[str, Any]:
     """Everything the reports show, as one JSON-ready dict."""
-    run_rows: list[dict[str, Any]] = []
+    run_rows = [summarize_run(record) for record in runs]
+    groups: dict[tuple[str, str, str], list[RunRecord]] = defaultdict(list)
+    for record in runs:  # in run order: a variant's rounds alone, then the mixed run
+        for variant in record.variants:
+            groups[(record.model, record.kind, variant)].append(record)
     results: list[dict[str, Any]] = []
-    for record in runs:
-        run_row, rows = summarize_run(record, variant_memory(record.after))
-        run_rows.append(run_row)
-        results.extend(rows)
+    for (_, kind, variant), records in groups.items():
+        row = variant_row(records, variant, variant_memory(records[-1].after))
+        if kind == ALONE:
+            row["rounds"] = [round_figures(record, variant) for record in records]
+        results.append(row)
     repository = Path(opts["repository"])
     before, after = load_average
     return {
@@ -440,6 +486,7 @@ def build_summary(
             "users": opts["users"],
             "spawn_rate": opts["spawn_rate"],
             "duration_s": opts["duration"],
+            "rounds": opts["rounds"],
             "warmup_requests_per_kind": opts["warmup"],
             "weights": dict(workload.WEIGHTS),
             "think_time_s": 0,

@@ -9,11 +9,12 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from loadtests import prom
-from loadtests.report import _files, locust_warnings
+from loadtests.report import _files, finding, locust_warnings, speed_findings, speed_verdict
 from loadtests.summary import RunRecord, locust_cpu, ratio, ratios, throughput_series
 
 INF = math.inf
@@ -133,6 +134,61 @@ def test_ratios_compare_each_variant_with_fp32_in_the_same_kind_of_run() -> None
     assert mixed["cpu_seconds_per_request"] is None
 
 
+def test_alone_ratios_pair_the_rounds() -> None:
+    fp32, int8 = _row("fp32", "alone", 100.0, 2.0, 0.004), _row("int8", "alone", 150.0, 1.0, 0.002)
+    fields = ("requests_per_s", "cpu_seconds_per_request", "server_p50", "client_p50")
+    fp32["rounds"] = [dict(zip(fields, (100.0, 0.004, 2.0, 3.0), strict=True)),
+                      dict(zip(fields, (80.0, 0.005, 2.5, 4.0), strict=True))]  # fmt: skip
+    int8["rounds"] = [dict(zip(fields, (150.0, 0.002, 1.0, 3.0), strict=True)),
+                      dict(zip(fields, (120.0, 0.004, None, 2.0), strict=True))]  # fmt: skip
+    (alone,) = ratios([fp32, int8])
+    assert alone["rounds"] == [
+        {"requests_per_s": 1.5, "cpu_seconds_per_request": 0.5, "server_p50": 0.5,
+         "client_p50": 1.0},
+        {"requests_per_s": 1.5, "cpu_seconds_per_request": 0.8, "server_p50": None,
+         "client_p50": 0.5},
+    ]  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("values", "higher_is_better", "verdict"),
+    [
+        ([0.85, 0.88, 0.91], False, 1),  # every round lower CPU: better
+        ([0.85, 1.02, 0.80], False, 0),  # one round disagrees: not called
+        ([0.97, 0.98, 0.96], False, 0),  # agreed, but under SMALLEST
+        ([1.10, 1.20, 1.08], True, 1),  # more req/s in every round
+        ([1.10, 1.20, 1.08], False, -1),  # more CPU in every round: worse
+        ([0.80], False, 1),  # one round: the fixed NOISE threshold
+        ([0.90], False, 0),
+        ([None, None], True, 0),
+    ],
+)
+def test_a_difference_is_called_when_every_round_agrees(
+    values: list[float | None], higher_is_better: bool, verdict: int
+) -> None:
+    assert finding("x", values, higher_is_better).verdict == verdict
+
+
+def test_the_reading_ships_what_every_round_found_faster() -> None:
+    def ratio_row(cpu: list[float], rps: list[float], p50: list[float]) -> dict[str, Any]:
+        keys = ("cpu_seconds_per_request", "requests_per_s", "server_p50")
+        return {
+            "rounds": [dict(zip(keys, r, strict=True)) for r in zip(cpu, rps, p50, strict=True)]
+        }
+
+    faster = speed_findings(ratio_row([0.85, 0.9, 0.88], [1.02, 0.99, 1.05], [0.8, 0.7, 0.9]))
+    text = speed_verdict("int8", "fp32", faster)
+    assert text.startswith("int8 was faster in every one of 3 interleaved rounds: ")
+    assert "server CPU per request 0.88x (rounds 0.85x-0.90x)" in text
+    assert "throughput" not in text and text.endswith("ship int8.")
+    noise = speed_findings(ratio_row([0.9, 1.1, 0.95], [1.0, 1.0, 1.0], [0.9, 1.1, 1.0]))
+    assert "so speed does not decide here" in speed_verdict("int8", "fp32", noise)
+    split = speed_findings(ratio_row([0.8, 0.8, 0.8], [1.0, 1.0, 1.0], [1.2, 1.3, 1.2]))
+    text = speed_verdict("int8", "fp32", split)
+    assert "better in every one of 3 interleaved rounds on server CPU" in text
+    assert "worse on server p50 1.20x" in text
+
+
 def test_ratios_without_a_baseline_are_empty() -> None:
     assert ratios([_row("int8", "alone", 1.0, 1.0, 1.0)]) == []
 
@@ -201,7 +257,8 @@ def test_runner_writes_a_report_that_renders(model_repository: Path, tmp_path: P
     env = {k: v for k, v in os.environ.items() if not k.startswith(("LOADTEST_", "EDGE_"))}
     done = subprocess.run(
         [sys.executable, "-m", "loadtests", "--repository", str(model_repository),
-         "--out", str(out), "--duration", "3", "--users", "2", "--warmup", "2"],
+         "--out", str(out), "--duration", "3", "--rounds", "2", "--users", "2",
+         "--warmup", "2"],
         env=env, capture_output=True, text=True, timeout=240,
     )  # fmt: skip
     assert done.returncode == 0, done.stdout + done.stderr
@@ -209,8 +266,9 @@ def test_runner_writes_a_report_that_renders(model_repository: Path, tmp_path: P
     summary = json.loads((out / "summary.json").read_text())
     assert summary["settings"]["models"] == ["digits"]
     assert summary["settings"]["variants"]["digits"] == ["fp32", "int8"]
-    assert [(r["run"], r["error"]) for r in summary["runs"]] == [
-        ("fp32", None), ("int8", None), ("mixed", None)
+    assert [(r["run"], r["round"], r["error"]) for r in summary["runs"]] == [
+        ("fp32-1", 1, None), ("int8-1", 1, None), ("fp32-2", 2, None), ("int8-2", 2, None),
+        ("mixed", None, None),
     ]  # fmt: skip
     assert summary["pinning"]
     for run in summary["runs"]:  # Locust's own CPU is measured for every run
@@ -228,14 +286,20 @@ def test_runner_writes_a_report_that_renders(model_repository: Path, tmp_path: P
         assert set(row["by_kind"]) == {"infer-binary", "infer-json", "classify"}
         assert row["variant_memory_bytes"]["warm"] > 0
         assert row["rss_bytes_max"] > 0
-        if row["run"] == "alone":
+        if row["run"] == "alone":  # the rounds together, and each round on its own
             assert row["cpu_seconds_per_request"] > 0
+            assert [r["run"] for r in row["rounds"]] == [f"{row['variant']}-1",
+                                                         f"{row['variant']}-2"]  # fmt: skip
+            assert sum(r["requests_per_s"] for r in row["rounds"]) > row["requests_per_s"]
+            assert all(r["cpu_seconds_per_request"] > 0 for r in row["rounds"])
     assert {(r["variant"], r["run"]) for r in summary["ratios"]} == {
         ("int8", "alone"), ("int8", "mixed")
     }  # fmt: skip
+    (alone,) = (r for r in summary["ratios"] if r["run"] == "alone")
+    assert len(alone["rounds"]) == 2 and all(r["requests_per_s"] > 0 for r in alone["rounds"])
     assert [a["variant"] for a in summary["accuracy"]] == ["fp32", "int8"]
     assert all(a["gate"] == "pass" and a["accuracy"]["top1"] > 90 for a in summary["accuracy"])
-    for run in ("fp32", "int8", "mixed"):
+    for run in ("fp32-1", "int8-1", "fp32-2", "int8-2", "mixed"):
         for name in ("locust.html", "locust_stats.csv", "locust_stats_history.csv"):
             assert (out / "digits" / run / name).is_file()
 
@@ -243,6 +307,8 @@ def test_runner_writes_a_report_that_renders(model_repository: Path, tmp_path: P
     for variant, run in sorted(keys):
         assert f"| digits | {variant} | {run} | " in report
     assert "| digits | int8 / fp32 | alone |" in report
+    assert "| digits | int8 / fp32 | alone, round 2 |" in report
+    assert "Round by round, int8 / fp32 (alone runs, interleaved): server CPU per request" in report
     assert "## Which to ship" in report and "digits, int8 against fp32" in report
     assert "| digits | fp32 | top1 " in report or "| digits | fp32 (default) | top1 " in report
 
