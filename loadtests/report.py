@@ -585,8 +585,9 @@ def _method(summary: dict[str, Any]) -> list[str]:
         + (" (already running)" if summary["service"]["external"] else " started by the runner")
         + f", repository `{s['repository']}`.",
         f"Each model got {s.get('rounds', 1)} round(s) of Locust runs of each variant alone, "
-        "interleaved (fp32, int8, fp32, int8, ...), then one mixed run (all its variants at "
-        f"once, chosen at random per request), each {s['duration_s']} s with {s['users']} users "
+        "interleaved (fp32 int8, int8 fp32, ...: a drift falls on both), then one mixed run "
+        "(all its variants at once, chosen at random per request), each "
+        f"{s['duration_s']} s with {s['users']} users "
         f"started at {s['spawn_rate']:g}/s, headless, one process. Users have no think time "
         "(closed loop): each sends its next request when the answer arrives, so req/s is what "
         "the server and the generator sustain together (Locust's own CPU is reported per run) "

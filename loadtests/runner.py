@@ -1,10 +1,10 @@
 """`python -m loadtests`: start the service, run Locust per variant and mixed, report.
 
 Each model under test gets headless Locust runs of each variant alone, in interleaved rounds
-(fp32, int8, fp32, int8, ...: whatever else the machine does meanwhile falls on both), then
-one with all its variants at once, all with the same users, spawn rate, duration and request
-mix. /metrics is scraped before, after and every second during each run, so the report puts
-server-side latency, memory and CPU beside Locust's client-side numbers.
+(fp32 int8, int8 fp32, fp32 int8, ...: whatever else the machine does meanwhile falls on
+both), then one with all its variants at once, all with the same users, spawn rate, duration
+and request mix. /metrics is scraped before, after and every second during each run, so the
+report puts server-side latency, memory and CPU beside Locust's client-side numbers.
 """
 
 from __future__ import annotations
@@ -195,6 +195,15 @@ def plan_pinning(external_server: bool) -> Pinning:
     )
 
 
+def round_order(variants: list[str], round_: int) -> list[str]:
+    """The variants in order in odd rounds and reversed in even ones (A B, B A, A B, ...).
+
+    A steady drift of the machine over the runs then falls on each side of a pair in turn
+    instead of always on the variant that runs second.
+    """
+    return list(variants) if round_ % 2 else list(reversed(variants))
+
+
 def start_pinned_service(opts: Options, pinning: Pinning) -> ServiceProcess:
     """`python -m service` on a free loopback port, pinned as planned."""
     return start_service(
@@ -321,7 +330,7 @@ def main(argv: list[str] | None = None) -> int:
         warm = warm_up(service.url, loads, opts.warmup)
         for load in loads:
             plan: list[tuple[list[str], int | None]] = [
-                ([v], n) for n in range(1, opts.rounds + 1) for v in load.variants
+                ([v], n) for n in range(1, opts.rounds + 1) for v in round_order(load.variants, n)
             ]
             if len(load.variants) > 1:
                 plan.append((list(load.variants), None))

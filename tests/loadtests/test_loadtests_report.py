@@ -267,7 +267,7 @@ def test_runner_writes_a_report_that_renders(model_repository: Path, tmp_path: P
     assert summary["settings"]["models"] == ["digits"]
     assert summary["settings"]["variants"]["digits"] == ["fp32", "int8"]
     assert [(r["run"], r["round"], r["error"]) for r in summary["runs"]] == [
-        ("fp32-1", 1, None), ("int8-1", 1, None), ("fp32-2", 2, None), ("int8-2", 2, None),
+        ("fp32-1", 1, None), ("int8-1", 1, None), ("int8-2", 2, None), ("fp32-2", 2, None),
         ("mixed", None, None),
     ]  # fmt: skip
     assert summary["pinning"]
@@ -308,6 +308,9 @@ def test_runner_writes_a_report_that_renders(model_repository: Path, tmp_path: P
         assert f"| digits | {variant} | {run} | " in report
     assert "| digits | int8 / fp32 | alone |" in report
     assert "| digits | int8 / fp32 | alone, round 2 |" in report
+    assert (
+        "Each model got 2 round(s) of Locust runs" in report and "each 3 s with 2 users" in report
+    )
     assert "Round by round, int8 / fp32 (alone runs, interleaved): server CPU per request" in report
     assert "## Which to ship" in report and "digits, int8 against fp32" in report
     assert "| digits | fp32 | top1 " in report or "| digits | fp32 (default) | top1 " in report
