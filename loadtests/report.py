@@ -8,10 +8,10 @@ import io
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
+from statistics import median
 from typing import Any
 
 import matplotlib
-import numpy as np
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
@@ -308,7 +308,7 @@ class Finding:
     """+1 better, -1 worse, 0 no difference the rounds agree on."""
 
     def __str__(self) -> str:
-        middle = float(np.median(self.ratios))
+        middle = median(self.ratios)
         if len(self.ratios) == 1:
             return f"{self.name} {times(middle)}"
         spread = f"{times(min(self.ratios))}-{times(max(self.ratios))}"
@@ -325,7 +325,7 @@ def finding(name: str, ratios: list[float | None], higher_is_better: bool) -> Fi
     if len(values) < 2:
         verdict = _compare(values[0], higher_is_better) if values else 0
         return Finding(name, values, verdict)
-    middle = float(np.median(values))
+    middle = median(values)
     higher = all(r > 1 for r in values) and middle >= 1 + SMALLEST
     lower = all(r < 1 for r in values) and middle <= 1 - SMALLEST
     direction = 1 if higher else -1 if lower else 0
@@ -343,6 +343,7 @@ def speed_findings(ratio_row: dict[str, Any]) -> list[Finding]:
 
 
 def speed_verdict(variant: str, base: str, findings: list[Finding]) -> str:
+    """The reading's sentence for a variant that passed its accuracy gate."""
     better = [f for f in findings if f.verdict > 0]
     worse = [f for f in findings if f.verdict < 0]
     count = max((len(f.ratios) for f in findings), default=0)
