@@ -10,6 +10,7 @@ import pytest
 from bench.__main__ import main as bench_main
 from bench.load import wrk_path
 from bench.profile import summarise
+from bench.report import at_least, goals, paired
 
 
 @pytest.mark.skipif(wrk_path() is None, reason="wrk is not installed (apt-get install wrk)")
@@ -35,6 +36,25 @@ def test_bench_runs_on_digits_and_writes_its_report(
     assert results["overload"]["results"]["64"]["ok"] > 0
     report = written.with_suffix(".md").read_text()
     assert "## Headline" in report and "## Goals (issue 10)" in report
+    assert "| paired rounds (met in) |" in report
+    by_goal = {g["goal"]: g for g in goals(results, 16)}
+    c1 = by_goal["digits/int8 binary c=1 p50 / minimal p50"]
+    assert len(c1["rounds"]) == 1 and c1["rounds_met"] in (0, 1)
+
+
+def test_goal_rounds_pair_the_cells_round_by_round() -> None:
+    """Round n of the service over round n of the minimal endpoint, and how many met it."""
+
+    def cell(*rounds: tuple[int, float, float]) -> dict[str, object]:
+        return {"rounds": [{"ok": ok, "seconds": s, "p50_ms": p50} for ok, s, p50 in rounds]}
+
+    service = cell((300, 2.0, 1.0), (200, 2.0, 0.5), (100, 0.0, 0.5))
+    minimal = cell((100, 2.0, 2.0), (200, 2.0, 0.5), (100, 2.0, 1.0))
+    assert paired(service, minimal, "ok_per_second") == [3.0, 1.0]  # a 0 s round is skipped
+    assert paired(service, minimal, "p50_ms") == [0.5, 1.0, 0.5]
+    assert paired(service, None, "p50_ms") == []
+    check = at_least(1.3)
+    assert [check(r) for r in (1.3, 1.29, None, float("nan"))] == [True, False, None, None]
 
 
 def test_profile_summary_counts_self_and_inclusive_samples() -> None:
