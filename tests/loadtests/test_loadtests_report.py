@@ -183,6 +183,12 @@ def test_the_reading_ships_what_every_round_found_faster() -> None:
     assert "throughput" not in text and text.endswith("ship int8.")
     noise = speed_findings(ratio_row([0.9, 1.1, 0.95], [1.0, 1.0, 1.0], [0.9, 1.1, 1.0]))
     assert "so speed does not decide here" in speed_verdict("int8", "fp32", noise)
+    lone = speed_findings(ratio_row([1.07, 0.99, 1.17], [0.89, 0.92, 0.84], [1.05, 0.91, 1.27]))
+    text = speed_verdict("int8", "fp32", lone)  # an A/A run's: one measure alone
+    assert "only throughput worse in every one of 3 interleaved rounds" in text
+    assert "so speed does not decide here" in text
+    slower = speed_findings(ratio_row([1.2, 1.1, 1.15], [0.8, 0.9, 0.85], [1.0, 1.0, 1.0]))
+    assert "int8 was slower in every one of 3" in speed_verdict("int8", "fp32", slower)
     split = speed_findings(ratio_row([0.8, 0.8, 0.8], [1.0, 1.0, 1.0], [1.2, 1.3, 1.2]))
     text = speed_verdict("int8", "fp32", split)
     assert "better in every one of 3 interleaved rounds on server CPU" in text
