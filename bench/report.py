@@ -151,7 +151,7 @@ def goals(results: dict[str, Any], c_high: int) -> list[dict[str, Any]]:
         goal: str,
         value: float | None,
         target: str,
-        check: Callable[[float | None], bool | None],
+        check: Check,
         rounds: Sequence[float] = (),
     ) -> None:
         """`rounds`: the paired ratios where the goal compares two cells of the same rounds."""
@@ -184,15 +184,35 @@ def goals(results: dict[str, Any], c_high: int) -> list[dict[str, Any]]:
             ">= 1.3",
             at_least(1.3),
         )
-        against_minimal("digits/int8 binary c=1 p50 / minimal p50", "digits/int8",
-                        SERVICE_BINARY, 1, "p50_ms", "<= 1.0", at_most(1.0))  # fmt: skip
+        against_minimal(
+            "digits/int8 binary c=1 p50 / minimal p50",
+            "digits/int8",
+            SERVICE_BINARY,
+            1,
+            "p50_ms",
+            "<= 1.0",
+            at_most(1.0),
+        )
     if "minilm/int8-dynamic" in floors:
-        against_minimal(f"minilm/int8-dynamic binary c={c_high} req/s / minimal",
-                        "minilm/int8-dynamic", SERVICE_BINARY, c_high, "ok_per_second",
-                        ">= 1.3", at_least(1.3))  # fmt: skip
+        against_minimal(
+            f"minilm/int8-dynamic binary c={c_high} req/s / minimal",
+            "minilm/int8-dynamic",
+            SERVICE_BINARY,
+            c_high,
+            "ok_per_second",
+            ">= 1.3",
+            at_least(1.3),
+        )
     if "ocr/int8" in floors:
-        against_minimal(f"ocr/int8 JSON c={c_high} req/s / minimal", "ocr/int8", SERVICE_JSON,
-                        c_high, "ok_per_second", ">= 1.0", at_least(1.0))  # fmt: skip
+        against_minimal(
+            f"ocr/int8 JSON c={c_high} req/s / minimal",
+            "ocr/int8",
+            SERVICE_JSON,
+            c_high,
+            "ok_per_second",
+            ">= 1.0",
+            at_least(1.0),
+        )
         binary = _cell(results, "ocr/int8", SERVICE_BINARY, c_high)
         r = binary["ok_per_second"] / floors["ocr/int8"]["per_second"] if binary else None
         add(f"ocr/int8 binary c={c_high} req/s / one-core floor", r, ">= 0.9", at_least(0.9))
@@ -232,8 +252,12 @@ def goals(results: dict[str, Any], c_high: int) -> list[dict[str, Any]]:
     if overload:
         low, high = overload["results"]["2"], overload["results"]["64"]
         only = set(high["statuses"]) <= {"200", "503"} and not high["errors"]
-        add(f"{overload['variant']} c=64: every answer 200 or 503", float(only), "yes",
-            at_least(1.0))  # fmt: skip
+        add(
+            f"{overload['variant']} c=64: every answer 200 or 503",
+            float(only),
+            "yes",
+            at_least(1.0),
+        )
         r = high["p99_ms"] / low["p99_ms"] if low["p99_ms"] else None
         add(f"{overload['variant']} p99 of 200s c=64 / c=2", r, "<= 5", at_most(5.0))
         live = high["extra"]["live_max_ms"]
