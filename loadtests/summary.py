@@ -223,17 +223,22 @@ def _measured_seconds(raw: dict[str, Any]) -> float:
     return max(1e-9, end - float(raw.get("started", 0)))
 
 
+def _rss_series(record: RunRecord) -> list[list[float]]:
+    """[seconds into the run, process RSS] from every scrape of the run."""
+    return [
+        [round(s.at - record.started, 1), v]
+        for s in [record.before, *record.polls, record.after]
+        if (v := s.value("process_resident_memory_bytes")) is not None
+    ]
+
+
 def summarize_run(record: RunRecord) -> dict[str, Any]:
     """The run's own row: its status, the server's totals over it, its series and files."""
     raw = _raw(record)
     requests: dict[str, Any] = raw.get("requests", {})
     server_requests = _delta([record], "edge_requests_total", model=record.model)
     cpu = _delta([record], "process_cpu_seconds_total")
-    rss_series = [
-        [round(s.at - record.started, 1), v]
-        for s in [record.before, *record.polls, record.after]
-        if (v := s.value("process_resident_memory_bytes")) is not None
-    ]
+    rss_series = _rss_series(record)
     rss_values = [v for _, v in rss_series]
     error = None
     if not raw:
@@ -311,8 +316,7 @@ def variant_row(
     cpu_per_request = None
     if kind == ALONE and (all_served := _delta(records, "edge_requests_total", model=model)):
         cpu_per_request = round(_delta(records, "process_cpu_seconds_total") / all_served, 7)
-    rss = [v for r in records for s in [r.before, *r.polls, r.after]
-           if (v := s.value("process_resident_memory_bytes")) is not None]  # fmt: skip
+    rss = [v for record in records for _, v in _rss_series(record)]
     return {
         "model": model,
         "variant": variant,
@@ -347,13 +351,7 @@ def variant_row(
 def round_figures(record: RunRecord, variant: str) -> dict[str, Any]:
     """One alone round's own figures (ROUND_FIELDS), for the paired ratios."""
     row = variant_row([record], variant, {})
-    return {
-        "run": record.label,
-        "requests_per_s": row["requests_per_s"],
-        "cpu_seconds_per_request": row["cpu_seconds_per_request"],
-        "server_p50": row["server_ms"]["p50"],
-        "client_p50": row["client_ms"]["p50"],
-    }
+    return {"run": record.label} | {name: _dig(row, RATIO_FIELDS[name]) for name in ROUND_FIELDS}
 
 
 def variant_memory(snapshot: prom.Snapshot) -> dict[tuple[str, str], dict[str, float]]:
