@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import socket
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -48,6 +49,10 @@ def runtime(model_repository: Path) -> ModelRuntime:
     return runtime
 
 
+ANOTHER_LANE = "another lane"
+"""The owner of core slots a test holds, as another lane's run would."""
+
+
 def make_lane(runtime: ModelRuntime, slots: CoreSlots, observe: Any = None, **options: Any) -> Lane:
     settings = {"workers": 1, "max_queue": 8, "deadline": 10.0, "batch_rows": 1, **options}
     # deadline 10 s unless a test sets one: nothing here may depend on how fast a run is
@@ -75,11 +80,40 @@ def test_core_slots_never_oversubscribe() -> None:
     assert core_slots(2, 2) == 1
     assert core_slots(1, 4) == 1  # at least one run, even with more threads than cores
     slots = CoreSlots(2)
-    assert [slots.acquire(blocking=False) for _ in range(3)] == [True, True, False]
-    slots.release()
-    with slots:
-        assert not slots.acquire(blocking=False)
-    assert slots.acquire(blocking=False)
+    assert [slots.acquire(ANOTHER_LANE, blocking=False) for _ in range(3)] == [True, True, False]
+    slots.release(ANOTHER_LANE)
+    assert slots.acquire(ANOTHER_LANE, blocking=False)
+    assert not slots.acquire(ANOTHER_LANE, blocking=False)
+
+
+def test_a_freed_core_slot_goes_first_to_a_waiter_of_another_lane() -> None:
+    """Across lanes a freed slot is handed over; within a lane its freer may take it back."""
+    slots = CoreSlots(1)
+
+    def waiting_for_a_slot(owner: str) -> threading.Thread:
+        waiter = threading.Thread(target=slots.acquire, args=(owner,))
+        waiter.start()
+        while not slots.waiting:
+            time.sleep(0.001)
+        return waiter
+
+    assert slots.acquire("a")
+    other_lane = waiting_for_a_slot("b")
+    slots.release("a")
+    assert not slots.acquire("a", blocking=False)  # lane b's, though "a" asked first here
+    other_lane.join(timeout=10)
+    assert not other_lane.is_alive()
+    same_lane = waiting_for_a_slot("b")
+    switching = sys.getswitchinterval()
+    sys.setswitchinterval(10.0)  # the woken waiter must not get the GIL in between
+    try:
+        slots.release("b")
+        assert slots.acquire("b", blocking=False)  # its own lane's waiter did not get it
+    finally:
+        sys.setswitchinterval(switching)
+    slots.release("b")
+    same_lane.join(timeout=10)
+    assert not same_lane.is_alive() and not slots.waiting
 
 
 def test_gate_parks_then_refuses_when_full(runtime: ModelRuntime) -> None:
@@ -162,13 +196,13 @@ def test_batched_rows_go_back_to_their_requests(runtime: ModelRuntime, row_cost:
     feeds = [digits(rows, seed) for seed, rows in enumerate((1, 3, 1, 2, 5))]
 
     async def scenario() -> list[Any]:
-        slots.acquire()
+        slots.acquire(ANOTHER_LANE)
         first = submit(lane, feeds[0])
         await asyncio.sleep(0)
         await wait_until_taken(lane)
         rest = [submit(lane, f) for f in feeds[1:]]
         await asyncio.sleep(0)
-        slots.release()
+        slots.release(ANOTHER_LANE)
         return list(await asyncio.gather(first, *rest))
 
     done = asyncio.run(scenario())
@@ -255,12 +289,12 @@ def test_tiny_rows_go_to_the_worker_when_no_core_slot_is_free(
     )
 
     async def scenario() -> Any:
-        slots.acquire()  # another lane's run holds the only core
+        slots.acquire(ANOTHER_LANE)  # another lane's run holds the only core
         request = submit(lane, digits(1, 0))
         for _ in range(3):  # the request reaches the lane, then its loop turn ends
             await asyncio.sleep(0)
         assert not request.done()
-        slots.release()
+        slots.release(ANOTHER_LANE)
         return await request
 
     done = asyncio.run(scenario())
@@ -313,7 +347,7 @@ def test_a_queued_request_whose_client_left_is_not_run(
     lane = make_lane(runtime, slots, observe=runs.append)
 
     async def scenario() -> Any:
-        slots.acquire()  # the worker takes the first request, then waits for the core
+        slots.acquire(ANOTHER_LANE)  # the worker takes the first request, then waits for the core
         left = Connection()
         gone = asyncio.ensure_future(lane.submit(digits(2, 0), None, 2, time.perf_counter(), left))
         await asyncio.sleep(0)
@@ -321,7 +355,7 @@ def test_a_queued_request_whose_client_left_is_not_run(
         stays = submit(lane, digits(3, 1))
         await asyncio.sleep(0)
         left.disconnected = True
-        slots.release()
+        slots.release(ANOTHER_LANE)
         with pytest.raises(ClientGone):
             await gone
         return await stays
