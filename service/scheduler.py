@@ -106,9 +106,9 @@ class CoreSlots:
     Across lanes a freed slot is handed over: with a free-for-all, the thread that frees a slot
     takes it back before a woken waiter gets the GIL (two busy threads on one slot: 117 turns
     to 1), so a lane whose queue stays full kept the core while the other lane's requests
-    waited out their deadlines. Within a lane the slot stays free-for-all: handing it to the
-    lane's own waiting worker would stop the event loop's inline runs from taking it back, and
-    cost digits INT8 16% of its req/s at 16 clients.
+    waited out their deadlines. Within a lane the slot stays free-for-all, so the event loop's
+    inline runs may take it back ahead of their own lane's worker (handing it over there too
+    measured 16% fewer req/s for digits INT8 at 16 clients, in one A/B of 4 rounds).
     An acquire and release cost ~1 us (0.2 us for a C queue of tokens, which cannot hand over;
     1.6 us for threading.Semaphore); digits pays it once per request.
     """
