@@ -16,7 +16,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -24,6 +24,7 @@ from typing import Any
 
 import httpx
 import numpy as np
+from prometheus_client.parser import text_string_to_metric_families
 
 from bench.load import LoadResult, run_overload, run_wrk, wrk_path
 from bench.payloads import Payload, binary_payload, json_payload, sample_feed
@@ -45,8 +46,6 @@ COLD_STARTS = 3
 # Slow cells run longer (run_seconds): answers per connection wanted, within a cap.
 REQUESTS_PER_CONNECTION = 8
 MAX_RUN_SECONDS = 8.0
-# Rows stacked for the floor of a variant the service batches: the raw rate batching can reach.
-FLOOR_BATCH_ROWS = 8
 
 
 @dataclass
@@ -72,6 +71,7 @@ class Cell:
     config: str
     concurrency: int
     runs: list[LoadResult] = field(default_factory=list)
+    rows_per_run: list[float] = field(default_factory=list)  # the service's, where counted
 
     def _spread(self, values: list[float]) -> float:
         middle = statistics.median(values)
@@ -97,7 +97,13 @@ class Cell:
             "errors": sum(run.errors for run in self.runs),
             "generator_cpu_max": max(run.generator_cpu for run in self.runs),
             "rounds": [asdict(run) for run in self.runs],
+            "rows_per_run": self.rows_per_run,
         }
+
+
+def high_concurrency(levels: Sequence[int]) -> int:
+    """The concurrency the throughput goals are read at: 16 where benched, else the highest."""
+    return 16 if 16 in levels else max(levels)
 
 
 def plan_cores() -> tuple[int | None, int | None]:
@@ -177,7 +183,7 @@ class Floor:
             preexec_fn=_pin(plan.server_core),
         )  # fmt: skip
         self.runs: list[dict[str, float]] = []
-        self.batched_runs: list[dict[str, float]] = []
+        self.served_runs: list[dict[str, float]] = []  # at the batch the service ran
 
     def measure(self, seconds: float, rows: int = 1) -> dict[str, float]:
         """One measurement of session.run on the sample, stacked `rows` times."""
@@ -185,8 +191,14 @@ class Floor:
         self._process.stdin.write(f"{seconds} {rows}\n")
         self._process.stdin.flush()
         result: dict[str, float] = json.loads(self._process.stdout.readline())
-        (self.runs if rows == 1 else self.batched_runs).append(result)
+        (self.runs if rows == 1 else self.served_runs).append(result)
         return result
+
+    def measure_served(self, seconds: float, rows_per_run: float) -> None:
+        """The floor at the batch the service just ran: the raw rate its batching could reach."""
+        rows = max(1, round(rows_per_run))
+        if rows > 1:
+            self.measure(seconds, rows)
 
     def summary(self) -> dict[str, Any]:
         p50s = [run["p50_ms"] for run in self.runs]
@@ -197,13 +209,16 @@ class Floor:
             "per_second": 1000.0 / middle if middle else 0.0,
             "rounds": self.runs,
         }
-        if self.batched_runs:  # rows per second at the bench's batch: what batching can reach
-            rates = [run["per_second"] for run in self.batched_runs]
-            summary["batched"] = {
-                "rows": self.batched_runs[0]["rows"],
-                "per_second": statistics.median(rates),
-                "rounds": self.batched_runs,
-            }
+        # Rows per second at the batches the service ran under load (batch 1 where it never
+        # batched): the raw rate a server doing the same runs could reach.
+        served = self.served_runs or [
+            {"rows": 1, "per_second": summary["per_second"]}  # type: ignore[dict-item]
+        ]
+        summary["served_batch"] = {
+            "rows": statistics.median(run["rows"] for run in served),
+            "per_second": statistics.median(run["per_second"] for run in served),
+            "rounds": self.served_runs,
+        }
         return summary
 
     def close(self) -> None:
@@ -212,6 +227,20 @@ class Floor:
             self._process.stdin.close()
         self._process.wait(timeout=30)
         self._sample.close()
+
+
+def rows_and_runs(url: str, model: str, variant: str) -> tuple[float, float]:
+    """Rows and session.run calls the service has counted for a variant, from its /metrics."""
+    text = httpx.get(f"{url}/metrics", timeout=5).text
+    found = {"sum": 0.0, "count": 0.0}
+    for family in text_string_to_metric_families(text):
+        if family.name != "edge_inference_batch_size":
+            continue
+        for sample in family.samples:
+            kind = sample.name.rpartition("_")[2]
+            if kind in found and sample.labels == {"model": model, "version": variant}:
+                found[kind] = sample.value
+    return found["sum"], found["count"]
 
 
 def batching_of(url: str, model: str, variant: str) -> bool:
@@ -281,14 +310,23 @@ def _run(plan: Plan, workdir: Path, say: Any) -> dict[str, Any]:
                 for connections in plan.concurrency:
                     row = {cfg: Cell(name, cfg, connections) for cfg, _, _ in targets}
                     seconds = run_seconds(plan, connections, first / 1000)
+                    counted = connections == high_concurrency(plan.concurrency)
                     for _ in range(plan.rounds):
                         floor.measure(max(1.0, plan.seconds / 2))
-                        if batching[name]:
-                            floor.measure(max(1.0, plan.seconds / 2), FLOOR_BATCH_ROWS)
                         for cfg, url, payload in targets:
+                            counting = counted and cfg == SERVICE_BINARY
+                            before = rows_and_runs(service.url, model, variant) if counting else 0
                             row[cfg].runs.append(
                                 run_wrk(url, payload, connections, seconds, plan.load_core)
                             )
+                            if counting:
+                                rows, runs = np.subtract(
+                                    rows_and_runs(service.url, model, variant), before
+                                )
+                                row[cfg].rows_per_run.append(float(rows / runs) if runs else 1.0)
+                        if counted:
+                            served = row[SERVICE_BINARY].rows_per_run[-1]
+                            floor.measure_served(max(1.0, plan.seconds / 2), served)
                     cells.extend(row.values())
                     say(_progress(name, connections, row))
             time.sleep(2.0)  # let the arena and the allocator give memory back

@@ -32,6 +32,11 @@ def test_bench_runs_on_digits_and_writes_its_report(
         assert cell["statuses"].get("200", 0) > 0, cell
         assert set(cell["statuses"]) <= {"200", "503"}, cell
     assert results["floors"]["digits/int8"]["per_second"] > 0
+    (binary_16,) = (
+        c for c in results["cells"] if (c["config"], c["concurrency"]) == ("service binary", 16)
+    )
+    assert len(binary_16["rows_per_run"]) == 1 and binary_16["rows_per_run"][0] >= 1
+    assert results["floors"]["digits/int8"]["served_batch"]["per_second"] > 0
     assert results["memory"]["digits/int8"]["service_peak"] > 0
     assert results["overload"]["results"]["64"]["ok"] > 0
     report = written.with_suffix(".md").read_text()
@@ -55,6 +60,37 @@ def test_goal_rounds_pair_the_cells_round_by_round() -> None:
     assert paired(service, None, "p50_ms") == []
     check = at_least(1.3)
     assert [check(r) for r in (1.3, 1.29, None, float("nan"))] == [True, False, None, None]
+
+
+def test_the_precision_ratio_goal_is_read_at_the_batches_the_service_ran() -> None:
+    """Served INT8/FP32 at c=16 over the raw ratio at the served batches; batch 1 shown only."""
+
+    def cell(variant: str, c: int, rate: float) -> dict[str, object]:
+        rounds = [{"ok": rate, "seconds": 1.0, "p50_ms": 1.0}]
+        return {"variant": variant, "config": "service binary", "concurrency": c,
+                "ok_per_second": rate, "rounds": rounds}  # fmt: skip
+
+    def floor(p50_ms: float, served_rows: float, served_rate: float) -> dict[str, object]:
+        return {"p50_ms": p50_ms, "per_second": 1000 / p50_ms,
+                "served_batch": {"rows": served_rows, "per_second": served_rate}}  # fmt: skip
+
+    results = {
+        "floors": {"m/fp32": floor(10.0, 12, 250.0), "m/int8": floor(5.0, 9, 350.0)},
+        "cells": [
+            cell("m/fp32", 16, 200.0),
+            cell("m/int8", 16, 252.0),
+            cell("m/fp32", 1, 90.0),
+            cell("m/int8", 1, 153.0),
+        ],  # fmt: skip
+        "cold_start_seconds": 1.0,
+    }
+    rows = [g for g in goals(results, 16) if g["goal"].startswith("m/int8/fp32")]
+    assert [(g["value"], g["met"]) for g in rows] == [
+        (pytest.approx(1.26 / 1.4), True),  # raw 350/250 at batches 9 and 12
+        (pytest.approx(1.26 / 2.0), None),  # raw 200/100 at batch 1: information only
+        (pytest.approx(1.7 / 2.0), None),  # one client: batch 1 against batch 1
+    ]
+    assert "9 and 12 rows; 1.40x raw" in rows[0]["goal"]
 
 
 def test_profile_summary_counts_self_and_inclusive_samples() -> None:
