@@ -38,12 +38,15 @@ RATIO_FIELDS: dict[str, tuple[str, ...]] = {
     "server_p99": ("server_ms", "p99"),
     "compute_p50": ("server_compute_ms", "p50"),
     "cpu_seconds_per_request": ("cpu_seconds_per_request",),
+    "run_per_row": ("run_ms_per_row",),
     "variant_memory_warm": ("variant_memory_bytes", "warm"),
     "variant_memory_loaded": ("variant_memory_bytes", "loaded"),
 }
 # What each round of the alone runs reports on its own, for the paired ratios the report's
 # reading rests on (interleaved rounds: the machine's drift falls on both variants alike).
-ROUND_FIELDS = ("requests_per_s", "cpu_seconds_per_request", "server_p50", "client_p50")
+ROUND_FIELDS = (
+    "requests_per_s", "cpu_seconds_per_request", "server_p50", "client_p50", "run_per_row",
+)  # fmt: skip
 
 
 @dataclass
@@ -148,7 +151,7 @@ def ratios(results: list[dict[str, Any]], baseline: str = BASELINE) -> list[dict
             entry[name] = ratio(_dig(row, path), _dig(base, path))
         if "rounds" in row and "rounds" in base:
             entry["rounds"] = [
-                {name: ratio(mine[name], theirs[name]) for name in ROUND_FIELDS}
+                {name: ratio(mine.get(name), theirs.get(name)) for name in ROUND_FIELDS}
                 for mine, theirs in zip(row["rounds"], base["rounds"], strict=False)
             ]
         table.append(entry)
@@ -317,6 +320,10 @@ def variant_row(
     if kind == ALONE and (all_served := _delta(records, "edge_requests_total", model=model)):
         cpu_per_request = round(_delta(records, "process_cpu_seconds_total") / all_served, 7)
     rss = [v for record in records for _, v in _rss_series(record)]
+    # ONNX Runtime's time per row: the runs' own time (a batch once) over the rows they ran.
+    labels = {"model": model, "version": variant}
+    rows_run = _delta(records, "edge_inference_batch_size_sum", **labels)
+    run_seconds = _delta(records, "edge_inference_run_seconds_total", **labels)
     return {
         "model": model,
         "variant": variant,
@@ -333,6 +340,7 @@ def variant_row(
         "server_requests": int(served),
         "server_errors": int(served - answered),
         "cpu_seconds_per_request": cpu_per_request,
+        "run_ms_per_row": round(run_seconds / rows_run * 1000, 5) if run_seconds else None,
         "rss_bytes_max": max(rss) if rss else None,
         "variant_memory_bytes": memory.get((model, variant), {}),
         "by_kind": {

@@ -190,7 +190,7 @@ class Inference:
             if settings.queue_deadline_ms is None
             else settings.queue_deadline_ms / 1e3,
             batch_rows=self.batch_rows(runtime),
-            observe_batch=self.metrics.variant(runtime.model, runtime.variant).batch_size.observe,
+            observe_run=self.metrics.variant(runtime.model, runtime.variant).observe_run,
         )
 
     def retire(self, runtime: ModelRuntime) -> None:

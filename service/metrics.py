@@ -117,6 +117,14 @@ class Metrics:
             buckets=BATCH_BUCKETS,
             registry=registry,
         )
+        self.run_seconds = Counter(
+            "edge_inference_run_seconds",
+            "Time inside session.run, each run counted once however many requests it served: "
+            "its rate is how busy the variant keeps ONNX Runtime, and over "
+            "edge_inference_batch_size_sum it is the time a row costs.",
+            LABELS,
+            registry=registry,
+        )
         build = Gauge(
             "edge_build_info",
             "Always 1: service, ONNX Runtime and Python versions, machine, and the CPU "
@@ -139,6 +147,7 @@ class Metrics:
                 queue_seconds=self.queue_seconds.labels(*labels),
                 compute_seconds=self.compute_seconds.labels(*labels),
                 batch_size=self.batch_size.labels(*labels),
+                run_seconds=self.run_seconds.labels(*labels),
                 requests={s: self.requests.labels(*labels, s) for s in RESOLVED_STATUSES},
                 requests_family=self.requests,
                 labels=labels,
@@ -157,6 +166,7 @@ class Metrics:
             for metric in (self.request_seconds, self.queue_seconds, self.compute_seconds):
                 metric.labels(*labels)
             self.batch_size.labels(*labels)
+            self.run_seconds.labels(*labels)
             for status in RESOLVED_STATUSES:
                 self.requests.labels(*labels, status)
         self.registry.register(VariantCollector(registry, in_flight))
@@ -170,9 +180,15 @@ class VariantMetrics:
     queue_seconds: Histogram
     compute_seconds: Histogram
     batch_size: Histogram
+    run_seconds: Counter
     requests: dict[str, Counter]
     requests_family: Counter
     labels: tuple[str, str]
+
+    def observe_run(self, rows: int, seconds: float) -> None:
+        """One session.run call: its rows and its time, once however many requests it served."""
+        self.batch_size.observe(rows)
+        self.run_seconds.inc(seconds)
 
     def count(self, status: str) -> None:
         """One finished request by status (the usual ones pre-bound, others looked up)."""

@@ -168,7 +168,7 @@ class Lane:
         max_queue: int,
         deadline: float | None,
         batch_rows: int,
-        observe_batch: Callable[[int], None],
+        observe_run: Callable[[int, float], None],
     ) -> None:
         self.runtime = runtime
         self.workers = workers
@@ -180,7 +180,7 @@ class Lane:
         self.run_seconds = runtime.facts.row_seconds
         self.row_seconds = runtime.facts.row_seconds
         self._slots = slots
-        self._observe_batch = observe_batch
+        self._observe_run = observe_run
         self._inside = 0
         self._parked: deque[tuple[float, asyncio.Future[None]]] = deque()
         self._queue: deque[_Job] = deque()
@@ -350,8 +350,8 @@ class Lane:
         return Done(result, started - arrived, took)
 
     def _ran(self, rows: int, took: float) -> None:
-        """Record one run: its rows in the batch histogram, its time in the cost estimates."""
-        self._observe_batch(rows)
+        """Record one run: its rows and time in the metrics, its time in the cost estimates."""
+        self._observe_run(rows, took)
         self.run_seconds += _EWMA * (took - self.run_seconds)
         self.row_seconds += _EWMA * (took / rows - self.row_seconds)
 

@@ -14,7 +14,14 @@ from typing import Any
 import pytest
 
 from loadtests import prom
-from loadtests.report import _files, finding, locust_warnings, speed_findings, speed_verdict
+from loadtests.report import (
+    _files,
+    cost_finding,
+    finding,
+    locust_warnings,
+    speed_findings,
+    speed_verdict,
+)
 from loadtests.summary import RunRecord, locust_cpu, ratio, ratios, throughput_series
 
 INF = math.inf
@@ -136,17 +143,18 @@ def test_ratios_compare_each_variant_with_fp32_in_the_same_kind_of_run() -> None
 
 def test_alone_ratios_pair_the_rounds() -> None:
     fp32, int8 = _row("fp32", "alone", 100.0, 2.0, 0.004), _row("int8", "alone", 150.0, 1.0, 0.002)
-    fields = ("requests_per_s", "cpu_seconds_per_request", "server_p50", "client_p50")
-    fp32["rounds"] = [dict(zip(fields, (100.0, 0.004, 2.0, 3.0), strict=True)),
-                      dict(zip(fields, (80.0, 0.005, 2.5, 4.0), strict=True))]  # fmt: skip
-    int8["rounds"] = [dict(zip(fields, (150.0, 0.002, 1.0, 3.0), strict=True)),
-                      dict(zip(fields, (120.0, 0.004, None, 2.0), strict=True))]  # fmt: skip
+    fields = ("requests_per_s", "cpu_seconds_per_request", "server_p50", "client_p50",
+              "run_per_row")  # fmt: skip
+    fp32["rounds"] = [dict(zip(fields, (100.0, 0.004, 2.0, 3.0, 1.0), strict=True)),
+                      dict(zip(fields, (80.0, 0.005, 2.5, 4.0, 1.0), strict=True))]  # fmt: skip
+    int8["rounds"] = [dict(zip(fields, (150.0, 0.002, 1.0, 3.0, 0.5), strict=True)),
+                      dict(zip(fields, (120.0, 0.004, None, 2.0, 0.6), strict=True))]  # fmt: skip
     (alone,) = ratios([fp32, int8])
     assert alone["rounds"] == [
         {"requests_per_s": 1.5, "cpu_seconds_per_request": 0.5, "server_p50": 0.5,
-         "client_p50": 1.0},
+         "client_p50": 1.0, "run_per_row": 0.5},
         {"requests_per_s": 1.5, "cpu_seconds_per_request": 0.8, "server_p50": None,
-         "client_p50": 0.5},
+         "client_p50": 0.5, "run_per_row": 0.6},
     ]  # fmt: skip
 
 
@@ -193,6 +201,28 @@ def test_the_reading_ships_what_every_round_found_faster() -> None:
     text = speed_verdict("int8", "fp32", split)
     assert "better in every one of 3 interleaved rounds on server CPU" in text
     assert "worse on server p50 1.20x" in text
+
+
+def test_a_call_needs_the_models_own_time_per_row_to_find_it_too() -> None:
+    """The false call of a noisy evening: CPU and throughput worse, ONNX Runtime itself faster."""
+
+    def ratio_row(cpu: list[float], rps: list[float], per_row: list[float]) -> dict[str, Any]:
+        keys = ("cpu_seconds_per_request", "requests_per_s", "server_p50", "run_per_row")
+        rounds = zip(cpu, rps, [1.0] * len(cpu), per_row, strict=True)
+        return {"rounds": [dict(zip(keys, r, strict=True)) for r in rounds]}
+
+    drift = ratio_row([1.11, 1.00 + 1e-3, 1.13], [0.9, 0.95, 0.88], [0.85, 0.9, 0.8])
+    text = speed_verdict("int8", "fp32", speed_findings(drift), cost_finding(drift))
+    assert text.startswith("int8 looked slower in every one of 3 interleaved rounds")
+    assert "ONNX Runtime time per row 0.85x (rounds 0.80x-0.90x)" in text
+    assert "so speed does not decide here" in text and "ship" not in text
+    real = ratio_row([0.8, 0.85, 0.9], [1.2, 1.15, 1.1], [0.6, 0.65, 0.62])
+    text = speed_verdict("int8", "fp32", speed_findings(real), cost_finding(real))
+    assert text.endswith("ship int8.")
+    unmeasured = ratio_row([0.8, 0.85, 0.9], [1.2, 1.15, 1.1], [0.6, 0.65, 0.62])
+    for r in unmeasured["rounds"]:
+        r["run_per_row"] = None  # an older service: the call stands on the measures alone
+    assert cost_finding(unmeasured) is None
 
 
 def test_ratios_without_a_baseline_are_empty() -> None:

@@ -87,6 +87,7 @@ def test_label_sets_exist_before_any_traffic(before: Samples) -> None:
         ):
             assert value(before, f"{histogram}_count", **labels) == 0
             assert value(before, f"{histogram}_bucket", **labels, le="+Inf") == 0
+        assert value(before, "edge_inference_run_seconds_total", **labels) == 0
         assert value(before, "edge_requests_in_flight", **labels) == 0
         assert value(before, "edge_variant_ready", **labels) == 1
         assert value(before, "edge_model_file_bytes", **labels) > 0
@@ -169,6 +170,8 @@ def test_traffic_moves_counts_and_sums_per_variant(
         request_sum = delta("edge_request_duration_seconds_sum")
         compute_sum = delta("edge_inference_compute_duration_seconds_sum")
         assert 0 < compute_sum <= request_sum < 5.0
+        # one request a run here, so the runs' own time is the requests' compute time
+        assert delta("edge_inference_run_seconds_total") == pytest.approx(compute_sum)
         assert value(after, "edge_requests_in_flight", **labels) == 0
 
 

@@ -54,9 +54,11 @@ ANOTHER_LANE = "another lane"
 
 
 def make_lane(runtime: ModelRuntime, slots: CoreSlots, observe: Any = None, **options: Any) -> Lane:
+    """A lane of one worker; `observe(rows)` sees each run's rows."""
     settings = {"workers": 1, "max_queue": 8, "deadline": 10.0, "batch_rows": 1, **options}
     # deadline 10 s unless a test sets one: nothing here may depend on how fast a run is
-    return Lane(runtime, slots, observe_batch=observe or (lambda rows: None), **settings)
+    seen = observe or (lambda rows: None)
+    return Lane(runtime, slots, observe_run=lambda rows, seconds: seen(rows), **settings)
 
 
 def digits(rows: int, seed: int) -> dict[str, np.ndarray]:
