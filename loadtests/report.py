@@ -391,15 +391,16 @@ def speed_verdict(
             f"{variant} passed the accuracy gate, and file size and memory are the differences "
             "that remain."
         )
+    agreeing = f"; {cost} agreed" if cost is not None else ""
     if len(better) >= AGREEING:
         return (
-            f"{variant} was faster {agreed}: {'; '.join(map(str, better))}. It passed the "
-            f"accuracy gate; on these numbers, ship {variant}."
+            f"{variant} was faster {agreed}: {'; '.join(map(str, better))}{agreeing}. It "
+            f"passed the accuracy gate; on these numbers, ship {variant}."
         )
     if len(worse) >= AGREEING:
         return (
-            f"{variant} was slower {agreed}: {'; '.join(map(str, worse))}. On these numbers, "
-            f"ship {base} unless file size or memory matter more than speed."
+            f"{variant} was slower {agreed}: {'; '.join(map(str, worse))}{agreeing}. On these "
+            f"numbers, ship {base} unless file size or memory matter more than speed."
         )
     rule = (
         f"fewer than {AGREEING} measures were better or worse in every round by a median of "
@@ -569,10 +570,12 @@ def headline(results: list[dict[str, Any]]) -> Table:
 
 def ratio_table(ratio_rows: list[dict[str, Any]]) -> Table:
     keys = ["requests_per_s", "client_p50", "client_p99", "server_p50", "server_p99",
-            "compute_p50", "cpu_seconds_per_request", "variant_memory_warm"]  # fmt: skip
+            "compute_p50", "run_per_row", "cpu_seconds_per_request",
+            "variant_memory_warm"]  # fmt: skip
     return Table(
         ["model", "variant / baseline", "run", "req/s", "client p50", "client p99",
-         "server p50", "server p99", "ORT compute p50", "CPU / request", "variant memory"],
+         "server p50", "server p99", "ORT compute p50", "ORT per row", "CPU / request",
+         "variant memory"],
         [[r["model"], f"{r['variant']} / {r['baseline']}", run,
           *(times(row.get(k)) for k in keys)]
          for r in ratio_rows

@@ -218,6 +218,7 @@ def test_a_call_needs_the_models_own_time_per_row_to_find_it_too() -> None:
     assert "so speed does not decide here" in text and "ship" not in text
     real = ratio_row([0.8, 0.85, 0.9], [1.2, 1.15, 1.1], [0.6, 0.65, 0.62])
     text = speed_verdict("int8", "fp32", speed_findings(real), cost_finding(real))
+    assert "; ONNX Runtime time per row 0.62x (rounds 0.60x-0.65x) agreed. " in text
     assert text.endswith("ship int8.")
     unmeasured = ratio_row([0.8, 0.85, 0.9], [1.2, 1.15, 1.1], [0.6, 0.65, 0.62])
     for r in unmeasured["rounds"]:
