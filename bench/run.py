@@ -315,15 +315,15 @@ def _run(plan: Plan, workdir: Path, say: Any) -> dict[str, Any]:
                         floor.measure(max(1.0, plan.seconds / 2))
                         for cfg, url, payload in targets:
                             counting = counted and cfg == SERVICE_BINARY
-                            before = rows_and_runs(service.url, model, variant) if counting else 0
+                            if counting:
+                                before = rows_and_runs(service.url, model, variant)
                             row[cfg].runs.append(
                                 run_wrk(url, payload, connections, seconds, plan.load_core)
                             )
                             if counting:
-                                rows, runs = np.subtract(
-                                    rows_and_runs(service.url, model, variant), before
-                                )
-                                row[cfg].rows_per_run.append(float(rows / runs) if runs else 1.0)
+                                after = rows_and_runs(service.url, model, variant)
+                                rows, runs = after[0] - before[0], after[1] - before[1]
+                                row[cfg].rows_per_run.append(rows / runs if runs else 1.0)
                         if counted:
                             served = row[SERVICE_BINARY].rows_per_run[-1]
                             floor.measure_served(max(1.0, plan.seconds / 2), served)
