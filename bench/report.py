@@ -253,20 +253,14 @@ def goals(results: dict[str, Any], c_high: int) -> list[dict[str, Any]]:
         if here["rows"] == there["rows"] == 1:
             continue
         raw_1 = floor["per_second"] / fp32["per_second"]
-        add(
-            f"{variant}/fp32 served c={c_high} throughput ratio / raw ratio at batch 1 "
-            f"({raw_1:.2f}x raw; the service ran batches)",
-            kept(variant, reference, c_high, raw_1),
-            "info",
-            not_a_goal,
-        )
-        add(
-            f"{variant}/fp32 served c=1 throughput ratio / raw ratio at batch 1 "
-            f"({raw_1:.2f}x raw; one client: no batches)",
-            kept(variant, reference, 1, raw_1),
-            "info",
-            not_a_goal,
-        )
+        for c, why in ((c_high, "the service ran batches"), (1, "one client: no batches")):
+            add(
+                f"{variant}/fp32 served c={c} throughput ratio / raw ratio at batch 1 "
+                f"({raw_1:.2f}x raw; {why})",
+                kept(variant, reference, c, raw_1),
+                "info",
+                not_a_goal,
+            )
     overload = results.get("overload")
     if overload:
         low, high = overload["results"]["2"], overload["results"]["64"]

@@ -196,7 +196,7 @@ class Floor:
 
     def measure_served(self, seconds: float, rows_per_run: float) -> None:
         """The floor at the batch the service just ran: the raw rate its batching could reach."""
-        rows = max(1, round(rows_per_run))
+        rows = round(rows_per_run)
         if rows > 1:
             self.measure(seconds, rows)
 
@@ -211,13 +211,15 @@ class Floor:
         }
         # Rows per second at the batches the service ran under load (batch 1 where it never
         # batched): the raw rate a server doing the same runs could reach.
-        served = self.served_runs or [
-            {"rows": 1, "per_second": summary["per_second"]}  # type: ignore[dict-item]
-        ]
+        served = self.served_runs
         summary["served_batch"] = {
-            "rows": statistics.median(run["rows"] for run in served),
-            "per_second": statistics.median(run["per_second"] for run in served),
-            "rounds": self.served_runs,
+            "rows": statistics.median(run["rows"] for run in served) if served else 1,
+            "per_second": (
+                statistics.median(run["per_second"] for run in served)
+                if served
+                else summary["per_second"]
+            ),
+            "rounds": served,
         }
         return summary
 

@@ -151,7 +151,7 @@ def ratios(results: list[dict[str, Any]], baseline: str = BASELINE) -> list[dict
             entry[name] = ratio(_dig(row, path), _dig(base, path))
         if "rounds" in row and "rounds" in base:
             entry["rounds"] = [
-                {name: ratio(mine.get(name), theirs.get(name)) for name in ROUND_FIELDS}
+                {name: ratio(mine[name], theirs[name]) for name in ROUND_FIELDS}
                 for mine, theirs in zip(row["rounds"], base["rounds"], strict=False)
             ]
         table.append(entry)
