@@ -14,6 +14,7 @@ from typing import Any
 import httpx
 import pytest
 import yaml
+from test_metrics_dashboard import all_panels, load_dashboard
 
 from loadtests.process import free_port
 
@@ -104,6 +105,17 @@ def traffic(live_server: Any) -> Iterator[None]:
     thread.join(timeout=10)
 
 
+def panel_queries() -> dict[str, list[str]]:
+    """Each dashboard panel's PromQL, with Grafana's variables as Grafana would fill them in."""
+    return {
+        panel["title"]: [
+            target["expr"].replace("$__rate_interval", "30s").replace('=~"$model"', '=~".*"')
+            for target in panel.get("targets", [])
+        ]
+        for panel in all_panels(load_dashboard()["panels"])
+    }
+
+
 def query(url: str, expr: str) -> dict[tuple[str, str], float]:
     response = httpx.get(f"{url}/api/v1/query", params={"query": expr}, timeout=5)
     response.raise_for_status()
@@ -124,17 +136,21 @@ def test_real_prometheus_sees_latency_and_memory_per_variant(
     p95: dict[tuple[str, str], float] = {}
     memory: dict[tuple[str, str], float] = {}
     recorded: dict[tuple[str, str], float] = {}
+    per_row: dict[tuple[str, str], float] = {}
+    (per_row_expr,) = panel_queries()["ONNX Runtime time per row"]
     rules: list[dict[str, Any]] = []
     while time.monotonic() < deadline:
         p95 = {k: v for k, v in query(prometheus, P95).items() if math.isfinite(v)}
         memory = query(prometheus, "max by (model, version) (edge_variant_memory_bytes)")
         recorded = query(prometheus, "model_version:edge_request_duration_seconds:p95_rate5m")
+        per_row = {k: v for k, v in query(prometheus, per_row_expr).items() if math.isfinite(v)}
         response = httpx.get(f"{prometheus}/api/v1/rules", timeout=5).json()
         rules = [rule for group in response["data"]["groups"] for rule in group["rules"]]
         if (
             VARIANTS <= set(p95)
             and VARIANTS <= {k for k, v in memory.items() if v > 0}
             and VARIANTS <= {k for k, v in recorded.items() if math.isfinite(v)}
+            and VARIANTS <= set(per_row)
             and rules
             and all(rule["health"] != "unknown" for rule in rules)
         ):
@@ -145,8 +161,13 @@ def test_real_prometheus_sees_latency_and_memory_per_variant(
         assert 0 < p95[key] < 10, (key, p95[key])
         assert memory.get(key, 0) > 0, f"edge_variant_memory_bytes of {key}: {memory}"
         assert key in recorded, f"recording rule has no {key}: {recorded}"
+        assert 0 < per_row[key] < 0.1, f"ONNX Runtime time per row of {key}: {per_row}"
     unhealthy = [(r["name"], r.get("lastError")) for r in rules if r["health"] != "ok"]
     assert not unhealthy, unhealthy
     assert query(prometheus, 'up{job="edge-inference"}') == {("", ""): 1.0}
     firing = query(prometheus, 'ALERTS{alertname="EdgeInferenceVariantNotReady"}')
     assert not firing
+    for title, exprs in panel_queries().items():  # every panel's query is valid PromQL here
+        for expr in exprs:
+            answer = httpx.get(f"{prometheus}/api/v1/query", params={"query": expr}, timeout=5)
+            assert answer.json()["status"] == "success", (title, expr, answer.text)
