@@ -15,7 +15,8 @@ lone request runs at once), runs one session.run and hands each request its own 
 whose rows cost less than the hand-off to a worker run on the event loop instead, batched the
 same way from the requests that reached the lane in one turn of the loop. All lanes share one
 set of core slots (usable cores // intra-op threads), so the threads of every running session
-together never outnumber the cores; a slot one lane frees goes first to another lane waiting.
+together never outnumber the cores; a freed slot goes to the waiting lane that has held the
+slots least, so lanes share the cores by time rather than by turns.
 """
 
 from __future__ import annotations
@@ -57,6 +58,8 @@ INLINE_SECONDS = 0.0002
 # a body read: with 3 runs OCR INT8 at 16 such clients served 26-28 req/s, with 10 runs 33-36.
 DEADLINE_RUNS = 10
 MIN_DEADLINE = 0.050
+# How far (slot-seconds) a lane back from idle may trail the most served lane (CoreSlots).
+CREDIT_SECONDS = 0.050
 
 
 @dataclass(frozen=True)
@@ -88,73 +91,142 @@ def core_slots(cores: int, threads: int) -> int:
     return max(1, cores // max(1, threads))
 
 
+class CoreShare:
+    """One lane's claim on the core slots: how long it has held them (CoreSlots' fairness).
+
+    Taking a slot subtracts the clock from the ledger and freeing it adds it back, so the time
+    held is the ledger plus the clock for each slot still held: no start time kept per slot.
+    """
+
+    __slots__ = ("holding", "ledger")
+
+    def __init__(self) -> None:
+        self.ledger = 0.0
+        self.holding = 0
+
+    def served(self, now: float) -> float:
+        """Slot-seconds held up to now."""
+        return self.ledger + self.holding * now
+
+
 class _Waiter:
     """A thread blocked on a core slot: its gate opens when a slot is handed to it or freed."""
 
-    __slots__ = ("gate", "handed", "owner")
+    __slots__ = ("gate", "handed", "share")
 
-    def __init__(self, owner: object) -> None:
-        self.owner = owner
+    def __init__(self, share: CoreShare) -> None:
+        self.share = share
         self.handed = False
         self.gate = threading.Lock()
         self.gate.acquire()
 
 
 class CoreSlots:
-    """The core slots every lane shares; a freed slot goes first to another lane's waiter.
+    """The core slots every lane shares; a freed slot goes to the waiting lane served least.
 
     Across lanes a freed slot is handed over: with a free-for-all, the thread that frees a slot
     takes it back before a woken waiter gets the GIL (two busy threads on one slot: 117 turns
     to 1), so a lane whose queue stays full kept the core while the other lane's requests
-    waited out their deadlines. Within a lane the slot stays free-for-all, so the event loop's
-    inline runs may take it back ahead of their own lane's worker (handing it over there too
-    measured 16% fewer req/s for digits INT8 at 16 clients, in one A/B of 4 rounds).
-    An acquire and release cost ~1 us (0.2 us for a C queue of tokens, which cannot hand over;
-    1.6 us for threading.Semaphore); digits pays it once per request.
+    waited out their deadlines. It goes to the lane that has held the slots for the least time
+    (a lane with another run to do keeps its slot while it is that lane), not by turns: turns
+    give every lane the same runs per second, so FP32 and INT8 side by side on a full core
+    finished the same requests and INT8's cheaper runs never showed. A lane back from idle
+    counts at most CREDIT_SECONDS behind the most served, so its idle time buys it no more.
+    Within a lane a freed slot stays free-for-all, so the event loop's inline runs may take it
+    back ahead of their own lane's worker (handing it over there too measured 16% fewer req/s
+    for digits INT8 at 16 clients, in one A/B of 4 rounds).
     """
 
-    def __init__(self, count: int) -> None:
+    def __init__(self, count: int, clock: Callable[[], float] = time.perf_counter) -> None:
         self._mutex = threading.Lock()
         self._free = count
         self._waiting: deque[_Waiter] = deque()
+        self._clock = clock
 
     @property
     def waiting(self) -> int:
         """Threads blocked on a slot now."""
         return len(self._waiting)
 
-    def acquire(self, owner: object, blocking: bool = True) -> bool:
-        """Take a slot for owner (a lane); without blocking, False when none is free."""
+    def acquire(self, share: CoreShare, blocking: bool = True) -> bool:
+        """Take a slot for share's lane; without blocking, False when none is free."""
         with self._mutex:
             if self._free:
                 self._free -= 1
+                self._hold(share)
                 return True
             if not blocking:
                 return False
-            waiter = _Waiter(owner)
+            waiter = _Waiter(share)
             self._waiting.append(waiter)
         while True:
             waiter.gate.acquire()
             if waiter.handed:
-                return True
+                return True  # counted as held by whoever handed it over
             with self._mutex:  # woken to compete for a slot its own lane freed
                 if self._free:
                     self._free -= 1
+                    self._hold(share)
                     return True
                 self._waiting.appendleft(waiter)  # taken meanwhile: first in line again
 
-    def release(self, owner: object) -> None:
-        """Free owner's slot: to the longest waiter of another lane, else to whoever takes it."""
+    def release(self, share: CoreShare) -> None:
+        """Free a slot of share's lane: to the lane waiting that was served least, else free."""
         with self._mutex:
-            for waiter in self._waiting:
-                if waiter.owner is not owner:
-                    self._waiting.remove(waiter)
-                    waiter.handed = True
-                    waiter.gate.release()
-                    return
-            self._free += 1
-            if self._waiting:
-                self._waiting.popleft().gate.release()
+            share.ledger += self._clock()
+            share.holding -= 1
+            if not self._waiting:
+                self._free += 1
+                return
+            waiter = self._least_served(share, wants_more=False)
+            assert waiter is not None  # someone waits
+            if waiter.share is not share:
+                self._hand(waiter)
+                return
+            self._free += 1  # its own lane's waiter is woken to take it, or the loop takes it
+            self._waiting.remove(waiter)
+            waiter.gate.release()
+
+    def keep(self, share: CoreShare) -> bool:
+        """share's lane, holding a slot, has another run: keep the slot (True) unless a lane
+        served less waits, which gets it (False: the slot is no longer share's)."""
+        with self._mutex:
+            if not self._waiting:
+                return True
+            waiter = self._least_served(share, wants_more=True)
+            if waiter is None:
+                return True
+            share.ledger += self._clock()
+            share.holding -= 1
+            self._hand(waiter)
+            return False
+
+    def _hold(self, share: CoreShare) -> None:
+        share.ledger -= self._clock()
+        share.holding += 1
+
+    def _hand(self, waiter: _Waiter) -> None:
+        self._waiting.remove(waiter)
+        self._hold(waiter.share)
+        waiter.handed = True
+        waiter.gate.release()
+
+    def _least_served(self, share: CoreShare, wants_more: bool) -> _Waiter | None:
+        """The first waiter of the waiting lane that has held the slots least, ties going to a
+        lane other than share's; None where share's lane, wanting more, is that lane itself.
+        """
+        now = self._clock()
+        firsts: dict[CoreShare, _Waiter | None] = {share: None} if wants_more else {}
+        for waiter in self._waiting:
+            firsts.setdefault(waiter.share, waiter)
+        served = {candidate: candidate.served(now) for candidate in firsts}
+        floor = max(served.values()) - CREDIT_SECONDS
+        for candidate, seconds in served.items():
+            if seconds < floor:  # no credit for idle time
+                candidate.ledger += floor - seconds
+                served[candidate] = floor
+        least = min(served, key=lambda candidate: (served[candidate], candidate is share))
+        return firsts[least]
 
 
 class Lane:
@@ -180,6 +252,7 @@ class Lane:
         self.run_seconds = runtime.facts.row_seconds
         self.row_seconds = runtime.facts.row_seconds
         self._slots = slots
+        self._share = CoreShare()
         self._observe_run = observe_run
         self._inside = 0
         self._parked: deque[tuple[float, asyncio.Future[None]]] = deque()
@@ -338,14 +411,14 @@ class Lane:
         self, feed: Feed, outputs: list[str] | None, rows: int, arrived: float
     ) -> Done | None:
         """Run one request here and now (a free core slot needed; None without one)."""
-        if not self._slots.acquire(self, blocking=False):
+        if not self._slots.acquire(self._share, blocking=False):
             return None
         try:
             started = time.perf_counter()
             result = self.runtime.predict(feed, outputs)
             took = time.perf_counter() - started
         finally:
-            self._slots.release(self)
+            self._slots.release(self._share)
         self._ran(rows, took)
         return Done(result, started - arrived, took)
 
@@ -376,7 +449,7 @@ class Lane:
         with work already queued for the workers) the requests go to the workers as usual.
         """
         pending, self._gathered = deque(self._gathered), []
-        if self._queue or not self._slots.acquire(self, blocking=False):
+        if self._queue or not self._slots.acquire(self._share, blocking=False):
             self._hand_over(list(pending))
             return
         try:
@@ -384,7 +457,7 @@ class Lane:
                 jobs, pending = self._take(pending)
                 _resolve(self._outcomes(jobs))
         finally:
-            self._slots.release(self)
+            self._slots.release(self._share)
 
     def close(self) -> None:
         """Let the workers finish what is queued, then end; parked requests get 503."""
@@ -399,20 +472,29 @@ class Lane:
     # --- worker side ---------------------------------------------------------------------
 
     def _work(self) -> None:
+        holding = False  # a core slot kept from the run before (CoreSlots.keep)
         while True:
             with self._ready:
                 while not self._queue:
+                    if holding:
+                        self._slots.release(self._share)
+                        holding = False
                     if self._closed:
                         return
                     self._ready.wait()
                 jobs, self._queue = self._take(self._queue)
-            self._slots.acquire(self)
+            if not holding:
+                self._slots.acquire(self._share)
             try:  # checked once the slot is ours: the last moment before the run
                 jobs, outcomes = self._abandoned(jobs)
                 if jobs:
                     outcomes += self._outcomes(jobs)
-            finally:
-                self._slots.release(self)
+            finally:  # with a run to follow the slot is kept, unless a lane served less waits
+                if self._queue:
+                    holding = self._slots.keep(self._share)
+                else:
+                    self._slots.release(self._share)
+                    holding = False
             _settle(outcomes)
 
     def _outcomes(self, jobs: list[_Job]) -> list[_Outcome]:

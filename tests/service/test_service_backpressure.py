@@ -29,7 +29,7 @@ from service.errors import ClientGone, Overloaded
 from service.manifest import ModelManifest
 from service.processing import Processor
 from service.runtime import ModelRuntime
-from service.scheduler import INLINE_SECONDS, CoreSlots, Lane, core_slots
+from service.scheduler import CREDIT_SECONDS, INLINE_SECONDS, CoreShare, CoreSlots, Lane, core_slots
 
 HEADER = "Inference-Header-Content-Length"
 
@@ -49,8 +49,8 @@ def runtime(model_repository: Path) -> ModelRuntime:
     return runtime
 
 
-ANOTHER_LANE = "another lane"
-"""The owner of core slots a test holds, as another lane's run would."""
+ANOTHER_LANE = CoreShare()
+"""The share of core slots a test holds, as another lane's run would."""
 
 
 def make_lane(runtime: ModelRuntime, slots: CoreSlots, observe: Any = None, **options: Any) -> Lane:
@@ -88,34 +88,93 @@ def test_core_slots_never_oversubscribe() -> None:
     assert not slots.acquire(ANOTHER_LANE, blocking=False)
 
 
+def waiting_for_a_slot(slots: CoreSlots, share: CoreShare) -> threading.Thread:
+    """A thread of share's lane blocked on a slot (it ends once it has one)."""
+    waiting = slots.waiting
+    waiter = threading.Thread(target=slots.acquire, args=(share,))
+    waiter.start()
+    while slots.waiting == waiting:
+        time.sleep(0.001)
+    return waiter
+
+
+def got_it(thread: threading.Thread) -> bool:
+    thread.join(timeout=10)
+    return not thread.is_alive()
+
+
 def test_a_freed_core_slot_goes_first_to_a_waiter_of_another_lane() -> None:
     """Across lanes a freed slot is handed over; within a lane its freer may take it back."""
     slots = CoreSlots(1)
-
-    def waiting_for_a_slot(owner: str) -> threading.Thread:
-        waiter = threading.Thread(target=slots.acquire, args=(owner,))
-        waiter.start()
-        while not slots.waiting:
-            time.sleep(0.001)
-        return waiter
-
-    assert slots.acquire("a")
-    other_lane = waiting_for_a_slot("b")
-    slots.release("a")
-    assert not slots.acquire("a", blocking=False)  # lane b's, though "a" asked first here
-    other_lane.join(timeout=10)
-    assert not other_lane.is_alive()
-    same_lane = waiting_for_a_slot("b")
+    a, b = CoreShare(), CoreShare()
+    assert slots.acquire(a)
+    other_lane = waiting_for_a_slot(slots, b)
+    slots.release(a)
+    assert not slots.acquire(a, blocking=False)  # lane b's, though "a" asked first here
+    assert got_it(other_lane)
+    same_lane = waiting_for_a_slot(slots, b)
     switching = sys.getswitchinterval()
     sys.setswitchinterval(10.0)  # the woken waiter must not get the GIL in between
     try:
-        slots.release("b")
-        assert slots.acquire("b", blocking=False)  # its own lane's waiter did not get it
+        slots.release(b)
+        assert slots.acquire(b, blocking=False)  # its own lane's waiter did not get it
     finally:
         sys.setswitchinterval(switching)
-    slots.release("b")
-    same_lane.join(timeout=10)
-    assert not same_lane.is_alive() and not slots.waiting
+    slots.release(b)
+    assert got_it(same_lane) and not slots.waiting
+
+
+class Clock:
+    """A clock the test moves: CoreSlots counts held time by it."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_the_lane_that_held_the_core_least_gets_it_not_the_next_in_turn() -> None:
+    """INT8 beside FP32 on one core: runs of 3 ms against 10 ms share the time, not the turns."""
+    clock = Clock()
+    slots = CoreSlots(1, clock)
+    fp32, int8 = CoreShare(), CoreShare()
+    assert slots.acquire(fp32)
+    int8_waits = waiting_for_a_slot(slots, int8)
+    clock.now += 0.010
+    assert not slots.keep(fp32)  # int8 has held it less: the slot is int8's now
+    assert got_it(int8_waits)
+    fp32_waits = waiting_for_a_slot(slots, fp32)
+    kept = 0
+    while True:
+        clock.now += 0.003
+        if not slots.keep(int8):
+            break
+        kept += 1
+    assert kept == 3  # it ran again while it had held it less than fp32's 10 ms: 4 runs
+    assert got_it(fp32_waits)
+    slots.release(fp32)
+    assert not slots.waiting
+
+
+def test_a_lane_back_from_idle_gets_no_credit_for_its_idle_time() -> None:
+    clock = Clock()
+    slots = CoreSlots(1, clock)
+    busy, idle = CoreShare(), CoreShare()
+    assert slots.acquire(busy)
+    clock.now += 10.0  # busy alone for 10 s: idle has held nothing
+    idle_waits = waiting_for_a_slot(slots, idle)
+    assert not slots.keep(busy)
+    assert got_it(idle_waits)
+    busy_waits = waiting_for_a_slot(slots, busy)
+    held = 0.0
+    while slots.keep(idle):  # idle keeps it only for the credit, not for 10 s
+        clock.now += 0.015
+        held += 0.015
+    assert CREDIT_SECONDS <= held < CREDIT_SECONDS + 0.015
+    assert got_it(busy_waits)
+    slots.release(busy)
+    assert not slots.waiting
 
 
 def test_gate_parks_then_refuses_when_full(runtime: ModelRuntime) -> None:
