@@ -214,24 +214,22 @@ class Floor:
     def summary(self) -> dict[str, Any]:
         p50s = [run["p50_ms"] for run in self.runs]
         middle = statistics.median(p50s)
+        batch_1 = 1000.0 / middle if middle else 0.0
         summary = {
             "p50_ms": middle,
             "p50_ms_spread": (max(p50s) - min(p50s)) / middle if middle else 0.0,
-            "per_second": 1000.0 / middle if middle else 0.0,
+            "per_second": batch_1,
             "rounds": self.runs,
         }
         # Rows per second at the batches the service ran under load (batch 1 where it never
         # batched): the raw rate a server doing the same runs could reach.
         served = self.served_runs
-        summary["served_batch"] = {
-            "rows": statistics.median(run["rows"] for run in served) if served else 1,
-            "per_second": (
-                statistics.median(run["per_second"] for run in served)
-                if served
-                else summary["per_second"]
-            ),
-            "rounds": served,
-        }
+        if served:
+            rows = statistics.median(run["rows"] for run in served)
+            per_second = statistics.median(run["per_second"] for run in served)
+        else:
+            rows, per_second = 1, batch_1
+        summary["served_batch"] = {"rows": rows, "per_second": per_second, "rounds": served}
         return summary
 
     def close(self) -> None:

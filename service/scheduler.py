@@ -175,8 +175,7 @@ class CoreSlots:
     def release(self, share: CoreShare) -> None:
         """Free a slot of share's lane: to the lane waiting that was served least, else free."""
         with self._mutex:
-            share.ledger += self._clock()
-            share.holding -= 1
+            self._let_go(share)
             if not self._waiting:
                 self._free += 1
                 return
@@ -198,14 +197,17 @@ class CoreSlots:
             waiter = self._least_served(share, wants_more=True)
             if waiter is None:
                 return True
-            share.ledger += self._clock()
-            share.holding -= 1
+            self._let_go(share)
             self._hand(waiter)
             return False
 
     def _hold(self, share: CoreShare) -> None:
         share.ledger -= self._clock()
         share.holding += 1
+
+    def _let_go(self, share: CoreShare) -> None:
+        share.ledger += self._clock()
+        share.holding -= 1
 
     def _hand(self, waiter: _Waiter) -> None:
         self._waiting.remove(waiter)
@@ -216,6 +218,7 @@ class CoreSlots:
     def _least_served(self, share: CoreShare, wants_more: bool) -> _Waiter | None:
         """The first waiter of the waiting lane that has held the slots least, ties going to a
         lane other than share's; None where share's lane, wanting more, is that lane itself.
+        A lane trailing the most served by over CREDIT_SECONDS is lifted to that first.
         """
         now = self._clock()
         firsts: dict[CoreShare, _Waiter | None] = {share: None} if wants_more else {}

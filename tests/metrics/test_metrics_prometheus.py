@@ -137,7 +137,8 @@ def test_real_prometheus_sees_latency_and_memory_per_variant(
     memory: dict[tuple[str, str], float] = {}
     recorded: dict[tuple[str, str], float] = {}
     per_row: dict[tuple[str, str], float] = {}
-    (per_row_expr,) = panel_queries()["ONNX Runtime time per row"]
+    panels = panel_queries()
+    (per_row_expr,) = panels["ONNX Runtime time per row"]
     rules: list[dict[str, Any]] = []
     while time.monotonic() < deadline:
         p95 = {k: v for k, v in query(prometheus, P95).items() if math.isfinite(v)}
@@ -167,7 +168,7 @@ def test_real_prometheus_sees_latency_and_memory_per_variant(
     assert query(prometheus, 'up{job="edge-inference"}') == {("", ""): 1.0}
     firing = query(prometheus, 'ALERTS{alertname="EdgeInferenceVariantNotReady"}')
     assert not firing
-    for title, exprs in panel_queries().items():  # every panel's query is valid PromQL here
+    for title, exprs in panels.items():  # every panel's query is valid PromQL here
         for expr in exprs:
             answer = httpx.get(f"{prometheus}/api/v1/query", params={"query": expr}, timeout=5)
             assert answer.json()["status"] == "success", (title, expr, answer.text)
