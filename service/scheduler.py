@@ -140,9 +140,6 @@ class CoreSlots:
     """
 
     def __init__(self, count: int, clock: Callable[[], float] = time.perf_counter) -> None:
-        self.count = count
-        self.busy_lanes = 0
-        """Lanes with requests past their gate (changed by the lanes, on the event loop only)."""
         self._mutex = threading.Lock()
         self._free = count
         self._waiting: deque[_Waiter] = deque()
@@ -303,8 +300,6 @@ class Lane:
         """Wait for a place past the gate (503 at the deadline, or at once when full)."""
         arrived = time.perf_counter()
         if self._inside < self.capacity and not self._parked:
-            if not self._inside:
-                self._slots.busy_lanes += 1
             self._inside += 1
             return arrived
         if self._closed:
@@ -356,8 +351,6 @@ class Lane:
                 place.set_result(None)
                 return
         self._inside -= 1
-        if not self._inside:
-            self._slots.busy_lanes -= 1
 
     def _standing(self) -> bool:
         """Whether the newest parked request, served in order, would miss its deadline.
@@ -367,16 +360,9 @@ class Lane:
         newest first only starved its oldest into 503s. OCR INT8 at 8 clients on one core, 4
         interleaved rounds of 5 s: 70-104 503s a round and p99 305 ms when the oldest's wait
         decided, 0-1 and 239 ms now; at 16 and 64 clients the queue stands either way.
-        The drain counts the lanes busy beside this one: with OCR INT8 and FP32 at 8 clients
-        each, a lane that reckoned with its worker alone served in order, near the deadline
-        (p50 of the answers 308-373 ms); at its share of the core it stands, and the answers
-        given take 136-171 ms (bench/README.md, thirteenth pass).
         """
         newest, _ = self._parked[-1]
-        # Lanes busy beside this one take their share of the core slots (CoreSlots shares them
-        # by time): this lane drains at its share, not at the pace of its own workers.
-        share = self._slots.count / max(1, self._slots.busy_lanes)
-        drain = len(self._parked) * self.row_seconds / min(self.workers, share)
+        drain = len(self._parked) * self.row_seconds / self.workers
         return time.perf_counter() - newest + drain > self.deadline
 
     def _expire(self, place: asyncio.Future[None], arrived: float, deadline: float) -> None:

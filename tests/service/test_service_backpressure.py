@@ -236,40 +236,6 @@ def test_queue_that_drains_in_time_is_served_in_order(runtime: ModelRuntime) -> 
     lane.close()
 
 
-def test_a_queue_that_drains_in_time_alone_stands_beside_a_busy_lane(
-    runtime: ModelRuntime,
-) -> None:
-    """Two busy lanes share one core slot: each drains at half a worker's pace."""
-    slots = CoreSlots(1)
-    lane, beside = make_lane(runtime, slots, deadline=10.0), make_lane(runtime, slots)
-
-    async def scenario() -> None:
-        for _ in range(lane.capacity):
-            await lane.admit()
-        parked = [asyncio.ensure_future(lane.admit()) for _ in range(4)]
-        await asyncio.sleep(0)
-        lane.row_seconds = 2.0  # four parked: 8 s alone, within the deadline: in order
-        lane.release()
-        await asyncio.sleep(0)
-        assert [p.done() for p in parked] == [True, False, False, False]
-        await beside.admit()  # another lane busy: three take 12 s at half the core: it stands
-        assert slots.busy_lanes == 2
-        lane.release()
-        await asyncio.sleep(0)
-        assert [p.done() for p in parked] == [True, False, False, True]
-        beside.release()
-        assert slots.busy_lanes == 1
-        lane.release()  # alone again: two parked take 4 s, in order
-        await asyncio.sleep(0)
-        assert [p.done() for p in parked] == [True, True, False, True]
-        parked[2].cancel()
-        await asyncio.gather(*parked, return_exceptions=True)
-
-    asyncio.run(scenario())
-    lane.close()
-    beside.close()
-
-
 @pytest.fixture
 def row_cost(runtime: ModelRuntime) -> Iterator[Any]:
     """Set the load-time row cost that sends a lane's runs to the event loop or its workers."""
