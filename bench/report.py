@@ -7,7 +7,14 @@ import statistics
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from bench.run import MINIMAL, SERVICE_BINARY, SERVICE_JSON, UNBATCHED, high_concurrency
+from bench.run import (
+    MINIMAL,
+    RATIO_FLOOR_MS,
+    SERVICE_BINARY,
+    SERVICE_JSON,
+    UNBATCHED,
+    high_concurrency,
+)
 
 MB = 1e6
 
@@ -236,16 +243,22 @@ def goals(results: dict[str, Any], c_high: int) -> list[dict[str, Any]]:
         reference = f"{model}/fp32"
         if not name.startswith("int8") or reference not in floors:
             continue
-        if floors[reference]["p50_ms"] < 1.0:
+        if floors[reference]["p50_ms"] < RATIO_FLOOR_MS:
             continue
         fp32 = floors[reference]
         # Like for like: the raw ratio at the batches the service ran under this load (a
-        # batching server runs FP32 and INT8 at batches where INT8 gains less than at batch 1).
+        # batching server runs FP32 and INT8 at batches where INT8 gains less than at batch 1),
+        # from the two floors measured side by side where the run paired them.
         here, there = floor["served_batch"], fp32["served_batch"]
-        raw = here["per_second"] / there["per_second"]
+        rows, reference_rows = here["rows"], there["rows"]
+        raw, how = here["per_second"] / there["per_second"], ""
+        if "paired" in floor:
+            pair = floor["paired"]
+            rows, reference_rows, raw = pair["rows"], pair["reference_rows"], pair["ratio"]
+            how = f", floors paired in {len(pair['ratios'])} rounds"
         add(
             f"{variant}/fp32 served c={c_high} throughput ratio / raw ratio at the batches "
-            f"served ({here['rows']:g} and {there['rows']:g} rows; {raw:.2f}x raw)",
+            f"served ({rows:g} and {reference_rows:g} rows; {raw:.2f}x raw{how})",
             kept(variant, reference, c_high, raw),
             ">= 0.8",
             at_least(0.8),
@@ -283,6 +296,23 @@ def goals(results: dict[str, Any], c_high: int) -> list[dict[str, Any]]:
 LONGER = " (slow cells longer, up to 8 s: ~8 answers per connection)"
 
 
+def busy_after(results: dict[str, Any]) -> str:
+    """How long each server kept its core after the load stopped (the next run waited)."""
+    longest: dict[str, float] = {}
+    for cell in results["cells"]:
+        for run in cell["rounds"]:
+            busy = run.get("extra", {}).get("busy_after_seconds")
+            if busy is not None:
+                longest[cell["config"]] = max(longest.get(cell["config"], 0.0), busy)
+    if not longest:
+        return ""  # a run from before the bench waited for idle servers
+    parts = [f"{config} {seconds:.1f} s" for config, seconds in longest.items()]
+    return (
+        "Each run waited for its server to go idle before the next measurement on its core; "
+        f"the longest a server stayed busy after its load stopped: {', '.join(parts)}."
+    )
+
+
 def markdown(results: dict[str, Any]) -> str:
     """The whole report."""
     meta = results["meta"]
@@ -318,7 +348,8 @@ def markdown(results: dict[str, Any]) -> str:
             if c["config"] == SERVICE_BINARY and c.get("rows_per_run")
         )
         + ". Load generator CPU, most of any run: "
-        + f"{max(c['generator_cpu_max'] for c in results['cells']) * 100:.0f}% of its core.",
+        + f"{max(c['generator_cpu_max'] for c in results['cells']) * 100:.0f}% of its core. "
+        + busy_after(results),
         "",
         "## Memory",
         "",

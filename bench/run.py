@@ -28,6 +28,7 @@ import numpy as np
 from prometheus_client.parser import text_string_to_metric_families
 
 import service as service_package
+from bench.idle import wait_idle
 from bench.load import LoadResult, run_overload, run_wrk, wrk_path
 from bench.payloads import Payload, binary_payload, json_payload, sample_feed
 from loadtests.process import (
@@ -48,6 +49,8 @@ COLD_STARTS = 3
 # Slow cells run longer (run_seconds): answers per connection wanted, within a cap.
 REQUESTS_PER_CONNECTION = 8
 MAX_RUN_SECONDS = 8.0
+# The INT8/FP32 goal covers models whose FP32 floor is at least this (the issue's "raw p50").
+RATIO_FLOOR_MS = 1.0
 
 
 @dataclass
@@ -196,14 +199,25 @@ class Floor:
         self.runs: list[dict[str, float]] = []
         self.served_runs: list[dict[str, float]] = []  # at the batch the service ran
 
-    def measure(self, seconds: float, rows: int = 1) -> dict[str, float]:
-        """One measurement of session.run on the sample, stacked `rows` times."""
+    def time(self, seconds: float, rows: int = 1) -> dict[str, float]:
+        """One measurement of session.run on the sample stacked `rows` times, not kept."""
         assert self._process.stdin is not None and self._process.stdout is not None
         self._process.stdin.write(f"{seconds} {rows}\n")
         self._process.stdin.flush()
         result: dict[str, float] = json.loads(self._process.stdout.readline())
+        return result
+
+    def measure(self, seconds: float, rows: int = 1) -> dict[str, float]:
+        """One measurement, kept for this variant's summary."""
+        result = self.time(seconds, rows)
         (self.runs if rows == 1 else self.served_runs).append(result)
         return result
+
+    @property
+    def served_rows(self) -> int:
+        """The batch the service ran this variant at under load (1 where it never batched)."""
+        served = self.served_runs
+        return round(statistics.median(run["rows"] for run in served)) if served else 1
 
     def measure_served(self, seconds: float, rows_per_run: float) -> None:
         """The floor at the batch the service just ran: the raw rate its batching could reach."""
@@ -238,6 +252,27 @@ class Floor:
             self._process.stdin.close()
         self._process.wait(timeout=30)
         self._sample.close()
+
+
+def paired_floors(reference: Floor, floor: Floor, rounds: int, seconds: float) -> dict[str, Any]:
+    """A variant's raw rate over its reference's, each at its served batch, measured A B B A.
+
+    Each variant's own floor is measured between its own cells, minutes from the other's, and
+    the machine's pace moved in between (MiniLM INT8 at 8 rows ran at 18-19 or at 24-25 ms,
+    round by round): a ratio of those two medians moved with it. Measured side by side, in
+    one phase, the pace is shared.
+    """
+    ratios: list[float] = []
+    for index in range(rounds):
+        order = [reference, floor] if index % 2 == 0 else [floor, reference]
+        rates = {id(f): f.time(seconds, f.served_rows)["per_second"] for f in order}
+        ratios.append(rates[id(floor)] / rates[id(reference)])
+    return {
+        "rows": floor.served_rows,
+        "reference_rows": reference.served_rows,
+        "ratio": statistics.median(ratios),
+        "ratios": ratios,
+    }
 
 
 def rows_and_runs(url: str, model: str, variant: str) -> tuple[float, float]:
@@ -289,11 +324,12 @@ def _run(plan: Plan, workdir: Path, say: Any) -> dict[str, Any]:
     unbatched: ServiceProcess | None = None
     cells: list[Cell] = []
     floors: dict[str, Any] = {}
+    open_floors: dict[str, Floor] = {}  # kept until the model's last variant: paired_floors
     memory: dict[str, Any] = {}
     batching: dict[str, bool] = {}
     helpers: list[Floor | ServiceProcess] = []
     try:
-        for name in plan.variants:
+        for index, name in enumerate(plan.variants):
             model, variant = name.split("/")
             manifest = ModelManifest.read(plan.repository / model)
             model_file = plan.repository / model / manifest.variants[variant].file
@@ -310,32 +346,34 @@ def _run(plan: Plan, workdir: Path, say: Any) -> dict[str, Any]:
             minimal = start_minimal(plan, model_file, workdir / f"minimal-{model}-{variant}.log")
             helpers.append(minimal)
             path = f"/v2/models/{model}/versions/{variant}/infer"
-            targets: list[tuple[str, str, Payload]] = [
-                (SERVICE_BINARY, service.url + path, binary_payload(feed)),
-                (SERVICE_JSON, service.url + path, json_payload(feed)),
-                (MINIMAL, f"{minimal.url}/v2/models/{model}/infer", json_payload(feed)),
-            ]
+            targets: list[tuple[str, str, Payload, int]] = [
+                (SERVICE_BINARY, service.url + path, binary_payload(feed), _pid(service)),
+                (SERVICE_JSON, service.url + path, json_payload(feed), _pid(service)),
+                (MINIMAL, f"{minimal.url}/v2/models/{model}/infer", json_payload(feed),
+                 _pid(minimal)),
+            ]  # fmt: skip
             if batching[name] and unbatched is not None:
-                targets.append((UNBATCHED, unbatched.url + path, binary_payload(feed)))
+                targets.append((UNBATCHED, unbatched.url + path, binary_payload(feed),
+                                _pid(unbatched)))  # fmt: skip
             rest = {"service": rss_bytes(_pid(service)), "minimal": rss_bytes(_pid(minimal))}
             with peak_rss(_pid(service)) as service_peak, peak_rss(_pid(minimal)) as min_peak:
                 for connections in plan.concurrency:
-                    row = {cfg: Cell(name, cfg, connections) for cfg, _, _ in targets}
+                    row = {cfg: Cell(name, cfg, connections) for cfg, _, _, _ in targets}
                     seconds = run_seconds(plan, connections, first / 1000)
                     counted = connections == high_concurrency(plan.concurrency)
                     for _ in range(plan.rounds):
                         floor.measure(max(1.0, plan.seconds / 2))
-                        for cfg, url, payload in targets:
+                        for cfg, url, payload, pid in targets:
                             counting = counted and cfg == SERVICE_BINARY
                             if counting:
                                 before = rows_and_runs(service.url, model, variant)
-                            row[cfg].runs.append(
-                                run_wrk(url, payload, connections, seconds, plan.load_core)
-                            )
+                            load = run_wrk(url, payload, connections, seconds, plan.load_core)
                             if counting:
                                 after = rows_and_runs(service.url, model, variant)
                                 rows, runs = after[0] - before[0], after[1] - before[1]
                                 row[cfg].rows_per_run.append(rows / runs if runs else 1.0)
+                            load.extra["busy_after_seconds"] = wait_idle(pid)
+                            row[cfg].runs.append(load)
                         if counted:
                             served = row[SERVICE_BINARY].rows_per_run[-1]
                             floor.measure_served(max(1.0, plan.seconds / 2), served)
@@ -351,8 +389,12 @@ def _run(plan: Plan, workdir: Path, say: Any) -> dict[str, Any]:
                 "minimal_after": rss_bytes(_pid(minimal)),
             }
             stop_service(minimal)
-            floor.close()
             floors[name] = floor.summary()
+            open_floors[name] = floor
+            if all(v.split("/")[0] != model for v in plan.variants[index + 1 :]):
+                floors.update(_pair_with_fp32(plan, model, open_floors, floors))
+                for done in [v for v in open_floors if v.startswith(f"{model}/")]:
+                    open_floors.pop(done).close()
         overload = run_overload_pair(plan, service)
     finally:  # every process this run started ends with it, also when a run fails
         stop_service(service)
@@ -372,6 +414,21 @@ def _run(plan: Plan, workdir: Path, say: Any) -> dict[str, Any]:
         "cells": [cell.summary() for cell in cells],
         "memory": memory,
         "overload": overload,
+    }
+
+
+def _pair_with_fp32(
+    plan: Plan, model: str, open_floors: dict[str, Floor], floors: dict[str, Any]
+) -> dict[str, Any]:
+    """Each INT8 variant's floor summary with its paired ratio to FP32 (where the goal reads it)."""
+    reference = open_floors.get(f"{model}/fp32")
+    if reference is None or floors[f"{model}/fp32"]["p50_ms"] < RATIO_FLOOR_MS:
+        return {}
+    seconds = max(1.0, plan.seconds / 2)
+    return {
+        name: floors[name] | {"paired": paired_floors(reference, floor, plan.rounds, seconds)}
+        for name, floor in open_floors.items()
+        if name.startswith(f"{model}/int8")
     }
 
 

@@ -1,4 +1,4 @@
-"""`make bench`'s own code path on digits for about a second: it runs and reports (no timing)."""
+"""`make bench`'s code path on digits for about a second, and its goal logic (no timing)."""
 
 from __future__ import annotations
 
@@ -9,8 +9,11 @@ import pytest
 
 from bench.__main__ import main as bench_main
 from bench.load import wrk_path
+from bench.payloads import sample_feed
 from bench.profile import summarise
 from bench.report import at_least, goals, paired
+from bench.run import Floor, Plan, paired_floors
+from service.manifest import ModelManifest
 
 
 @pytest.mark.skipif(wrk_path() is None, reason="wrk is not installed (apt-get install wrk)")
@@ -39,12 +42,32 @@ def test_bench_runs_on_digits_and_writes_its_report(
     assert results["floors"]["digits/int8"]["served_batch"]["per_second"] > 0
     assert results["memory"]["digits/int8"]["service_peak"] > 0
     assert results["overload"]["results"]["64"]["ok"] > 0
+    assert all(r["extra"]["busy_after_seconds"] >= 0 for c in results["cells"] for r in c["rounds"])
     report = written.with_suffix(".md").read_text()
     assert "## Headline" in report and "## Goals (issue 10)" in report
     assert "| paired rounds (met in) |" in report
     by_goal = {g["goal"]: g for g in goals(results, 16)}
     c1 = by_goal["digits/int8 binary c=1 p50 / minimal p50"]
     assert len(c1["rounds"]) == 1 and c1["rounds_met"] in (0, 1)
+
+
+def test_paired_floors_measure_two_variants_side_by_side(model_repository: Path) -> None:
+    """Two warm floor processes, alternated; their own summaries keep none of the pair runs."""
+    plan = Plan(model_repository, [], [1], 1, 1, 1.0, True, None, None)
+    feed = sample_feed(model_repository, "digits")
+    manifest = ModelManifest.read(model_repository / "digits")
+    fp32, int8 = (
+        Floor(plan, model_repository / "digits" / manifest.variants[v].file, feed)
+        for v in ("fp32", "int8")
+    )
+    try:
+        pair = paired_floors(fp32, int8, rounds=3, seconds=0.05)
+    finally:
+        fp32.close()
+        int8.close()
+    assert (pair["rows"], pair["reference_rows"], len(pair["ratios"])) == (1, 1, 3)
+    assert pair["ratio"] == sorted(pair["ratios"])[1] > 0
+    assert fp32.runs == int8.runs == []
 
 
 def test_goal_rounds_pair_the_cells_round_by_round() -> None:
@@ -91,6 +114,13 @@ def test_the_precision_ratio_goal_is_read_at_the_batches_the_service_ran() -> No
         (pytest.approx(1.7 / 2.0), None),  # one client: batch 1 against batch 1
     ]
     assert "9 and 12 rows; 1.40x raw" in rows[0]["goal"]
+
+    # Where the run measured the two floors side by side, the goal reads that paired ratio.
+    pair = {"rows": 8, "reference_rows": 8, "ratio": 1.2, "ratios": [1.1, 1.2, 1.3]}
+    results["floors"]["m/int8"]["paired"] = pair  # type: ignore[index]
+    (paired_row,) = [g for g in goals(results, 16) if "batches served" in g["goal"]]
+    assert paired_row["value"] == pytest.approx(1.26 / 1.2)
+    assert "8 and 8 rows; 1.20x raw, floors paired in 3 rounds" in paired_row["goal"]
 
 
 def test_profile_summary_counts_self_and_inclusive_samples() -> None:
