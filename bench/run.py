@@ -207,9 +207,13 @@ class Floor:
         result: dict[str, float] = json.loads(self._process.stdout.readline())
         return result
 
-    def measure(self, seconds: float, rows: int = 1) -> dict[str, float]:
-        """One measurement, kept for this variant's summary."""
+    def measure(
+        self, seconds: float, rows: int = 1, connections: int | None = None
+    ) -> dict[str, float]:
+        """One measurement, kept for this variant's summary (with the round's clients, if any)."""
         result = self.time(seconds, rows)
+        if connections is not None:
+            result["connections"] = connections
         (self.runs if rows == 1 else self.served_runs).append(result)
         return result
 
@@ -362,7 +366,7 @@ def _run(plan: Plan, workdir: Path, say: Any) -> dict[str, Any]:
                     seconds = run_seconds(plan, connections, first / 1000)
                     counted = connections == high_concurrency(plan.concurrency)
                     for _ in range(plan.rounds):
-                        floor.measure(max(1.0, plan.seconds / 2))
+                        floor.measure(max(1.0, plan.seconds / 2), connections=connections)
                         for cfg, url, payload, pid in targets:
                             counting = counted and cfg == SERVICE_BINARY
                             if counting:

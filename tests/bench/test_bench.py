@@ -11,7 +11,7 @@ from bench.__main__ import main as bench_main
 from bench.load import wrk_path
 from bench.payloads import sample_feed
 from bench.profile import summarise
-from bench.report import at_least, goals, paired
+from bench.report import against_floor, at_least, goals, paired
 from bench.run import Floor, Plan, paired_floors
 from service.manifest import ModelManifest
 
@@ -40,6 +40,8 @@ def test_bench_runs_on_digits_and_writes_its_report(
     )
     assert len(binary_16["rows_per_run"]) == 1 and binary_16["rows_per_run"][0] >= 1
     assert results["floors"]["digits/int8"]["served_batch"]["per_second"] > 0
+    floor_rounds = results["floors"]["digits/int8"]["rounds"]
+    assert {16, 1} <= {run.get("connections") for run in floor_rounds}
     assert results["memory"]["digits/int8"]["service_peak"] > 0
     assert results["overload"]["results"]["64"]["ok"] > 0
     assert all(r["extra"]["busy_after_seconds"] >= 0 for c in results["cells"] for r in c["rounds"])
@@ -83,6 +85,21 @@ def test_goal_rounds_pair_the_cells_round_by_round() -> None:
     assert paired(service, None, "p50_ms") == []
     check = at_least(1.3)
     assert [check(r) for r in (1.3, 1.29, None, float("nan"))] == [True, False, None, None]
+
+
+def test_the_floor_goal_pairs_each_round_with_the_floor_measured_before_it() -> None:
+    """Round n of the cell over the floor of round n at the same clients; others are skipped."""
+    cell = {"rounds": [{"ok": 90, "seconds": 2.0}, {"ok": 80, "seconds": 2.0}]}
+    floor = {
+        "rounds": [
+            {"p50_ms": 10.0},  # the first look, before any round
+            {"p50_ms": 30.0, "connections": 1},
+            {"p50_ms": 20.0, "connections": 16},
+            {"p50_ms": 25.0, "connections": 16},
+        ]
+    }
+    assert against_floor(cell, floor, 16) == pytest.approx([45 * 0.020, 40 * 0.025])
+    assert against_floor(None, floor, 16) == []
 
 
 def test_the_precision_ratio_goal_is_read_at_the_batches_the_service_ran() -> None:
