@@ -399,7 +399,8 @@ def markdown(results: dict[str, Any]) -> str:
         "",
         "Measured: the ratio of the cells' medians. Paired rounds: where a goal compares two "
         "cells of the same rounds, the ratio round by round (each round's two runs were "
-        "next to each other) and in how many rounds the target was met.",
+        "next to each other; for the floor goal, the round's floor and the run after it) and "
+        "in how many rounds the target was met.",
         "",
         "| goal | measured | target | met | paired rounds (met in) |",
         "|---|---|---|---|---|",
