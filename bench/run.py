@@ -67,6 +67,11 @@ class Plan:
     server_core: int | None
     load_core: int | None
 
+    @property
+    def floor_window(self) -> float:
+        """Seconds one floor measurement runs: half a load run, at least one."""
+        return max(1.0, self.seconds / 2)
+
 
 @dataclass
 class Cell:
@@ -366,7 +371,7 @@ def _run(plan: Plan, workdir: Path, say: Any) -> dict[str, Any]:
                     seconds = run_seconds(plan, connections, first / 1000)
                     counted = connections == high_concurrency(plan.concurrency)
                     for _ in range(plan.rounds):
-                        floor.measure(max(1.0, plan.seconds / 2), connections=connections)
+                        floor.measure(plan.floor_window, connections=connections)
                         for cfg, url, payload, pid in targets:
                             counting = counted and cfg == SERVICE_BINARY
                             if counting:
@@ -380,7 +385,7 @@ def _run(plan: Plan, workdir: Path, say: Any) -> dict[str, Any]:
                             row[cfg].runs.append(load)
                         if counted:
                             served = row[SERVICE_BINARY].rows_per_run[-1]
-                            floor.measure_served(max(1.0, plan.seconds / 2), served)
+                            floor.measure_served(plan.floor_window, served)
                     cells.extend(row.values())
                     say(_progress(name, connections, row))
             time.sleep(2.0)  # let the arena and the allocator give memory back
@@ -428,7 +433,7 @@ def _pair_with_fp32(
     reference = open_floors.get(f"{model}/fp32")
     if reference is None or floors[f"{model}/fp32"]["p50_ms"] < RATIO_FLOOR_MS:
         return {}
-    seconds = max(1.0, plan.seconds / 2)
+    seconds = plan.floor_window
     return {
         name: floors[name] | {"paired": paired_floors(reference, floor, plan.rounds, seconds)}
         for name, floor in open_floors.items()
