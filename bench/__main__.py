@@ -2,6 +2,8 @@
 
 BENCH_QUICK=1 (or --quick): the default variant of each model, c=1 and 16, 2 rounds.
 BENCH_VARIANTS=digits/int8,ocr/int8 picks variants; BENCH_ROUNDS and BENCH_SECONDS override.
+Where MLServer is installed (`make mlserver`, or BENCH_MLSERVER=path/to/mlserver), every cell
+gets an MLServer column too; BENCH_MLSERVER=off leaves it out.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from bench.mlserver import mlserver_path
 from bench.report import markdown
 from bench.run import Plan, plan_cores, run
 from service.manifest import MANIFEST_FILE, ModelManifest
@@ -55,6 +58,7 @@ def make_plan(args: argparse.Namespace) -> Plan:
         quick=quick,
         server_core=server_core,
         load_core=load_core,
+        mlserver=mlserver_path(),
     )
 
 
@@ -68,7 +72,8 @@ def main(argv: list[str] | None = None) -> int:
     plan = make_plan(args)
     print(
         f"bench: {', '.join(plan.variants)}; c={plan.concurrency}; {plan.rounds} rounds x "
-        f"{plan.seconds:g} s; server core {plan.server_core}, load core {plan.load_core}",
+        f"{plan.seconds:g} s; server core {plan.server_core}, load core {plan.load_core}; "
+        f"MLServer {plan.mlserver or 'not installed: no column'}",
         flush=True,
     )
     with tempfile.TemporaryDirectory(prefix="bench-") as workdir:

@@ -9,6 +9,7 @@ from typing import Any
 
 from bench.run import (
     MINIMAL,
+    MLSERVER,
     RATIO_FLOOR_MS,
     SERVICE_BINARY,
     SERVICE_JSON,
@@ -51,12 +52,17 @@ def _failed(cell: dict[str, Any] | None) -> str:
 
 
 def headline_table(results: dict[str, Any], c_high: int) -> list[str]:
-    """The issue's table: floor, service binary/JSON, the minimal endpoint; medians ± spread."""
+    """The issue's table: floor, service binary/JSON, the minimal endpoint; medians ± spread.
+
+    MLServer's column is there where the run benched it (it is optional: bench/mlserver.py).
+    """
+    with_mlserver = any(cell["config"] == MLSERVER for cell in results["cells"])
     lines = [
         f"| model/variant | raw ORT p50 | service binary c=1 p50 · c={c_high} req/s "
         f"| service JSON c={c_high} req/s | minimal c=1 p50 · c={c_high} req/s "
-        f"| binary/minimal c={c_high} |",
-        "|---|---|---|---|---|---|",
+        f"| binary/minimal c={c_high} |"
+        + (f" MLServer c=1 p50 · c={c_high} req/s |" if with_mlserver else ""),
+        "|---|---|---|---|---|---|" + ("---|" if with_mlserver else ""),
     ]
     for variant, floor in results["floors"].items():
         binary_1 = _cell(results, variant, SERVICE_BINARY, 1)
@@ -75,6 +81,10 @@ def headline_table(results: dict[str, Any], c_high: int) -> list[str]:
             f"{_failed(binary_n)} | {_rate(json_n)}{_failed(json_n)} | {_p50(min_1)} · "
             f"{_rate(min_n)}{_failed(min_n)} | {ratio} |"
         )
+        if with_mlserver:
+            ml_1 = _cell(results, variant, MLSERVER, 1)
+            ml_n = _cell(results, variant, MLSERVER, c_high)
+            lines[-1] += f" {_p50(ml_1)} · {_rate(ml_n)}{_failed(ml_n)} |"
     return lines
 
 
@@ -88,7 +98,7 @@ def grid_table(results: dict[str, Any]) -> list[str]:
         "|---|---|" + "---|" * len(levels),
     ]
     for variant in results["floors"]:
-        for config in (SERVICE_BINARY, SERVICE_JSON, MINIMAL, UNBATCHED):
+        for config in (SERVICE_BINARY, SERVICE_JSON, MINIMAL, UNBATCHED, MLSERVER):
             cells = [_cell(results, variant, config, c) for c in levels]
             if not any(cells):
                 continue

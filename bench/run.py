@@ -30,6 +30,7 @@ from prometheus_client.parser import text_string_to_metric_families
 import service as service_package
 from bench.idle import wait_idle
 from bench.load import LoadResult, run_overload, run_wrk, wrk_path
+from bench.mlserver import mlserver_version, start_mlserver
 from bench.payloads import Payload, binary_payload, json_payload, sample_feed
 from loadtests.process import (
     ServiceProcess,
@@ -41,8 +42,9 @@ from loadtests.process import (
 )
 from service.manifest import ModelManifest
 
-SERVICE_BINARY, SERVICE_JSON, MINIMAL, UNBATCHED = (
+SERVICE_BINARY, SERVICE_JSON, MINIMAL, UNBATCHED, MLSERVER = (
     "service binary", "service JSON", "minimal JSON", "service binary, batching off",
+    "MLServer JSON",
 )  # fmt: skip
 # Cold starts timed (median reported): one start moves by +-0.4 s on these shared machines.
 COLD_STARTS = 3
@@ -66,6 +68,8 @@ class Plan:
     quick: bool
     server_core: int | None
     load_core: int | None
+    mlserver: str | None = None
+    """The `mlserver` executable for the optional MLServer column (None: left out)."""
 
     @property
     def floor_window(self) -> float:
@@ -354,6 +358,13 @@ def _run(plan: Plan, workdir: Path, say: Any) -> dict[str, Any]:
                 )
             minimal = start_minimal(plan, model_file, workdir / f"minimal-{model}-{variant}.log")
             helpers.append(minimal)
+            mlserver = None
+            if plan.mlserver is not None:
+                mlserver = start_mlserver(
+                    plan.mlserver, workdir / f"mlserver-{model}-{variant}", model, model_file,
+                    workdir / f"mlserver-{model}-{variant}.log", _pin(plan.server_core),
+                )  # fmt: skip
+                helpers.append(mlserver)
             path = f"/v2/models/{model}/versions/{variant}/infer"
             targets: list[tuple[str, str, Payload, int]] = [
                 (SERVICE_BINARY, service.url + path, binary_payload(feed), _pid(service)),
@@ -364,6 +375,9 @@ def _run(plan: Plan, workdir: Path, say: Any) -> dict[str, Any]:
             if batching[name] and unbatched is not None:
                 targets.append((UNBATCHED, unbatched.url + path, binary_payload(feed),
                                 _pid(unbatched)))  # fmt: skip
+            if mlserver is not None:
+                targets.append((MLSERVER, f"{mlserver.url}/v2/models/{model}/infer",
+                                json_payload(feed), _pid(mlserver)))  # fmt: skip
             rest = {"service": rss_bytes(_pid(service)), "minimal": rss_bytes(_pid(minimal))}
             with peak_rss(_pid(service)) as service_peak, peak_rss(_pid(minimal)) as min_peak:
                 for connections in plan.concurrency:
@@ -398,6 +412,8 @@ def _run(plan: Plan, workdir: Path, say: Any) -> dict[str, Any]:
                 "minimal_after": rss_bytes(_pid(minimal)),
             }
             stop_service(minimal)
+            if mlserver is not None:
+                stop_service(mlserver)
             floors[name] = floor.summary()
             open_floors[name] = floor
             if all(v.split("/")[0] != model for v in plan.variants[index + 1 :]):
@@ -498,5 +514,6 @@ def _meta(plan: Plan, load_before: tuple[float, float, float]) -> dict[str, Any]
         "versions": {
             pkg: version(pkg)
             for pkg in ("onnxruntime", "uvicorn", "fastapi", "uvloop", "httptools", "orjson")
-        },
+        }
+        | ({"mlserver": mlserver_version(plan.mlserver)} if plan.mlserver else {}),
     }

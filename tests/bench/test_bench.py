@@ -5,15 +5,20 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import httpx
+import numpy as np
 import pytest
 
 from bench.__main__ import main as bench_main
 from bench.load import wrk_path
-from bench.payloads import sample_feed
+from bench.mlserver import mlserver_path, start_mlserver
+from bench.payloads import json_payload, sample_feed
 from bench.profile import summarise
-from bench.report import against_floor, at_least, goals, paired
-from bench.run import Floor, Plan, paired_floors
+from bench.report import against_floor, at_least, goals, headline_table, paired
+from bench.run import MINIMAL, MLSERVER, SERVICE_BINARY, Floor, Plan, paired_floors
+from loadtests.process import stop_service
 from service.manifest import ModelManifest
+from service.sessions import open_session
 
 
 @pytest.mark.skipif(wrk_path() is None, reason="wrk is not installed (apt-get install wrk)")
@@ -25,6 +30,7 @@ def test_bench_runs_on_digits_and_writes_its_report(
     monkeypatch.setenv("BENCH_VARIANTS", "digits/int8")
     monkeypatch.setenv("BENCH_ROUNDS", "1")
     monkeypatch.setenv("BENCH_SECONDS", "1")
+    monkeypatch.setenv("BENCH_MLSERVER", "off")  # its own test below; it is optional
     out = tmp_path / "results"
     assert bench_main(["--repository", str(model_repository), "--out", str(out)]) == 0
     (written,) = out.glob("*.json")
@@ -51,6 +57,52 @@ def test_bench_runs_on_digits_and_writes_its_report(
     by_goal = {g["goal"]: g for g in goals(results, 16)}
     c1 = by_goal["digits/int8 binary c=1 p50 / minimal p50"]
     assert len(c1["rounds"]) == 1 and c1["rounds_met"] in (0, 1)
+
+
+@pytest.mark.skipif(
+    mlserver_path() is None,
+    reason="MLServer is not installed (optional: `make mlserver`, or BENCH_MLSERVER=path)",
+)
+def test_mlserver_column_serves_the_bench_payload_with_the_same_answer(
+    model_repository: Path, tmp_path: Path
+) -> None:
+    """The optional MLServer column: a real MLServer on the model file, the minimal's JSON."""
+    executable = mlserver_path()
+    assert executable is not None
+    manifest = ModelManifest.read(model_repository / "digits")
+    model_file = model_repository / "digits" / manifest.variants["int8"].file
+    feed = sample_feed(model_repository, "digits")
+    server = start_mlserver(executable, tmp_path / "repo", "digits", model_file, tmp_path / "log")
+    try:
+        payload = json_payload(feed)
+        answer = httpx.post(f"{server.url}/v2/models/digits/infer", content=payload.body,
+                            headers=payload.headers, timeout=10)  # fmt: skip
+    finally:
+        assert stop_service(server) == 0
+    assert answer.status_code == 200, answer.text
+    (output,) = answer.json()["outputs"]
+    (expected,) = open_session(model_file).run(None, feed)
+    assert output["shape"] == list(expected.shape)
+    np.testing.assert_allclose(np.asarray(output["data"], np.float32), expected.ravel(), rtol=1e-6)
+
+
+def test_headline_shows_the_mlserver_column_only_where_the_run_benched_it() -> None:
+    """Optional column: present with MLServer cells, absent (as before) without."""
+
+    def cell(config: str, c: int, rate: float, p50: float) -> dict[str, object]:
+        return {"variant": "m/int8", "config": config, "concurrency": c, "ok_per_second": rate,
+                "ok_per_second_spread": 0.1, "p50_ms": p50, "p50_ms_spread": 0.2,
+                "statuses": {"200": 10}, "errors": 0}  # fmt: skip
+
+    cells = [cell(cfg, c, 100.0 * c, 1.0) for cfg in (SERVICE_BINARY, MINIMAL) for c in (1, 16)]
+    results = {"floors": {"m/int8": {"p50_ms": 0.5, "p50_ms_spread": 0.1}}, "cells": cells}
+    without = headline_table(results, 16)
+    assert "MLServer" not in without[0] and without[0].count("|") == without[1].count("|")
+    results["cells"] = cells + [cell(MLSERVER, 1, 50.0, 2.5), cell(MLSERVER, 16, 400.0, 9.0)]
+    header, rule, row = headline_table(results, 16)
+    assert "MLServer c=1 p50 · c=16 req/s" in header
+    assert header.count("|") == rule.count("|") == row.count("|")
+    assert row.endswith("| 2.50 ms ±20% · 400 ±10% |")
 
 
 def test_paired_floors_measure_two_variants_side_by_side(model_repository: Path) -> None:
