@@ -25,9 +25,9 @@ from build_models.plugins import edit_plugin, rule_plugin
 from build_models.quantize import preprocess, quantize_dynamic_int8, quantize_static_qdq
 from build_models.recipe import Budget, DynamicRecipe, StaticRecipe
 from service.manifest import GateCheck
+from service.onbox import FP32, TIE_MARGIN, fastest_passing
 from service.sessions import open_session
 
-FP32 = "fp32"
 SEARCH_RUNS = {1: 30, 8: 15}
 """Interleaved runs per batch size when timing a candidate against FP32."""
 RANK_BATCHES = 4
@@ -289,15 +289,10 @@ def choose(candidates: Sequence[Candidate]) -> Candidate | None:
     return best
 
 
-TIE_MARGIN = 0.05
-"""A variant must beat FP32 by more than this share to be the default: ties go to FP32."""
-
-
 def default_variant(latency_ms: dict[str, float], passing: Sequence[str]) -> tuple[str, str]:
-    """The speed rule: the fastest variant that passed its gate, and one sentence on why."""
+    """The speed rule (the service re-runs it on the box): the winner, and one sentence why."""
     fp32 = latency_ms[FP32]
-    faster = [n for n in passing if n == FP32 or latency_ms[n] < fp32 * (1 - TIE_MARGIN)]
-    winner = min(faster, key=lambda name: latency_ms[name])
+    winner = fastest_passing(latency_ms, passing)
     others = sorted((n for n in latency_ms if n != FP32), key=lambda n: latency_ms[n])
     if winner == FP32 and others:
         fastest = others[0]

@@ -14,9 +14,10 @@ from __future__ import annotations
 
 import asyncio
 import ctypes
-import ctypes.util
 from collections.abc import Callable
 from functools import cache
+
+from service.memory import libc
 
 # Quiet time after the last request before the heaps are trimmed.
 IDLE_SECONDS = 0.5
@@ -26,7 +27,7 @@ IDLE_SECONDS = 0.5
 def _malloc_trim() -> Callable[[int], int] | None:
     """glibc's malloc_trim, or None (musl, macOS)."""
     try:
-        function = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim
+        function = libc().malloc_trim
     except (OSError, AttributeError):
         return None
     function.argtypes = [ctypes.c_size_t]

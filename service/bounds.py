@@ -97,7 +97,7 @@ def check_json_values(header: bytes | memoryview, limits: Limits) -> None:
 
 def check_cast(name: str, datatype: str, array: np.ndarray) -> None:
     """JSON numbers that overflow a float datatype (1e39 as FP32) are refused, not made inf."""
-    if array.dtype.kind == "f" and array.size and not np.isfinite(array).all():
+    if _has_non_finite(array):
         raise BadRequest(f"input '{name}': values out of range for {datatype}")
 
 
@@ -117,5 +117,10 @@ def check_json_outputs(
 def check_finite_inputs(inputs: Mapping[str, np.ndarray], why: str) -> None:
     """NaN or Inf in a float input: a 400 where they would make the result meaningless."""
     for name, array in inputs.items():
-        if array.dtype.kind == "f" and array.size and not np.isfinite(array).all():
+        if _has_non_finite(array):
             raise BadRequest(f"input '{name}' holds NaN or Inf values: {why}")
+
+
+def _has_non_finite(array: np.ndarray) -> bool:
+    """A float array holding NaN or Inf (False for other dtypes and empty arrays)."""
+    return bool(array.dtype.kind == "f" and array.size and not np.isfinite(array).all())

@@ -26,10 +26,13 @@ class Settings(BaseSettings):
     """Variant used when a request names no version; unset uses each model's own default."""
 
     onbox_seconds: float = Field(0.5, ge=0, le=120)
-    """Time budget for measuring every variant's latency here after warm-up (all models; 0: off).
+    """Time budget for measuring every variant's latency here after warm-up (all models).
 
     Among the variants that passed the build's accuracy gate, the fastest on this box becomes
     the default (unless default_variant is set): the build machine's figures may not hold here.
+    0 does not skip the measurement: the few rounds (and the batch probe) that the scheduler's
+    row costs need still run, but their latencies are neither kept (metadata's
+    onbox_latency_ms stays empty) nor used, so each model keeps the build's default.
     """
 
     repository_poll_seconds: float | None = Field(None, gt=0)
@@ -123,7 +126,10 @@ class Settings(BaseSettings):
     """Longest time a client may take to send its request body; then 408."""
 
     drain_seconds: int = Field(30, ge=1, le=600)
-    """After SIGTERM: how long in-flight requests may take before the process exits anyway."""
+    """After SIGTERM: how long in-flight requests may take before the process exits anyway.
+
+    Also how long an unload or a reload waits for requests in flight on the old model.
+    """
 
     @field_validator("variants", "api_keys", mode="before")
     @classmethod

@@ -1,4 +1,4 @@
-"""Errors modelled once: a base with a status code, one handler, body {"error": message}."""
+"""Errors modelled once: a status code per kind, one mapping to what clients see, {"error": ...}."""
 
 from __future__ import annotations
 
@@ -83,20 +83,37 @@ class ClientGone(ServiceError):
 def error_response(
     status_code: int, message: str, headers: dict[str, str] | None = None
 ) -> JSONResponse:
+    """The one error body, {"error": message}, for the routes FastAPI answers."""
     return JSONResponse({"error": message}, status_code=status_code, headers=headers)
 
 
-def error_headers(exc: ServiceError) -> dict[str, str] | None:
-    """Retry-After on an overload 503, so well-behaved clients back off."""
-    return {"retry-after": str(exc.retry_after)} if isinstance(exc, Overloaded) else None
+def client_view(exc: BaseException) -> tuple[int, str, dict[str, str] | None]:
+    """Status, message and headers a client sees for an exception: the one mapping of them all.
+
+    Starlette's HTTPException counts as modelled: the body limit raises it for its 413 and 408
+    because FastAPI's form parsing passes HTTPException on and turns anything else into a 400.
+    Anything else is the server's fault: a 500 that says nothing internal (log it first).
+    """
+    if isinstance(exc, ServiceError):
+        retry = {"retry-after": str(exc.retry_after)} if isinstance(exc, Overloaded) else None
+        return exc.status_code, exc.message, retry
+    if isinstance(exc, HTTPException):
+        return exc.status_code, str(exc.detail), None
+    return 500, "internal server error", None
+
+
+def is_modelled(exc: BaseException) -> bool:
+    """Whether an exception is one of the errors a client is told about (not a server bug)."""
+    return isinstance(exc, ServiceError | HTTPException)
 
 
 def install_error_handlers(app: FastAPI) -> None:
     """Every error leaves as {"error": ...}; nothing internal reaches the client."""
 
-    async def service_error(_: Request, exc: Exception) -> JSONResponse:
-        assert isinstance(exc, ServiceError)
-        return error_response(exc.status_code, exc.message, error_headers(exc))
+    async def modelled_error(request: Request, exc: Exception) -> JSONResponse:
+        if not is_modelled(exc):
+            log.exception("unhandled error on %s %s", request.method, request.url.path)
+        return error_response(*client_view(exc))
 
     async def validation_error(_: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, RequestValidationError)
@@ -104,17 +121,8 @@ def install_error_handlers(app: FastAPI) -> None:
             f"{'.'.join(str(p) for p in err.get('loc', ()))}: {err.get('msg', 'invalid')}"
             for err in exc.errors()
         )
-        return error_response(422, problems or "invalid request")
+        return error_response(Unprocessable.status_code, problems or "invalid request")
 
-    async def http_error(_: Request, exc: Exception) -> JSONResponse:
-        assert isinstance(exc, HTTPException)
-        return error_response(exc.status_code, str(exc.detail))
-
-    async def unexpected_error(request: Request, exc: Exception) -> JSONResponse:
-        log.exception("unhandled error on %s %s", request.method, request.url.path)
-        return error_response(500, "internal server error")
-
-    app.add_exception_handler(ServiceError, service_error)
     app.add_exception_handler(RequestValidationError, validation_error)
-    app.add_exception_handler(HTTPException, http_error)
-    app.add_exception_handler(Exception, unexpected_error)
+    for kind in (ServiceError, HTTPException, Exception):
+        app.add_exception_handler(kind, modelled_error)

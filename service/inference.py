@@ -7,13 +7,12 @@ import time
 from types import TracebackType
 
 import numpy as np
-from starlette.exceptions import HTTPException
 
 from service.allocator import IdleTrim
 from service.bounds import Limits
 from service.config import Settings
 from service.connections import Connection
-from service.errors import BadRequest, ServiceError
+from service.errors import BadRequest, client_view
 from service.metrics import Metrics, VariantMetrics, mark_resolved
 from service.protocol import datatype_of
 from service.runtime import Feed, ModelRuntime
@@ -62,12 +61,7 @@ class _Tracked:
         bound = self._bound
         self._counts[self._runtime] -= 1
         self._idle.leave()
-        if exc is None:
-            status = "200"
-        elif isinstance(exc, ServiceError | HTTPException):  # HTTPException: the body limit's 413
-            status = str(exc.status_code)
-        else:
-            status = "500"
+        status = "200" if exc is None else str(client_view(exc)[0])
         bound.count(status)
         bound.request_seconds.observe(elapsed)
         if status != "200":

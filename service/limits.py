@@ -73,13 +73,13 @@ class BodyLimit:
         self,
         app: ASGIApp,
         limit: int,
-        timeout: float | None = None,
+        timeout: float,
         embed_limit: int | None = None,
     ) -> None:
         self.app = app
         self.limit = limit
         self.embed_limit = embed_limit
-        self._deadlines = BodyDeadlines(timeout) if timeout is not None else None
+        self._deadlines = BodyDeadlines(timeout)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -102,7 +102,7 @@ class BodyLimit:
         async def limited_receive() -> Message:
             nonlocal seen, complete, deadline
             deadlines = self._deadlines
-            if complete or deadlines is None:
+            if complete:
                 message = await receive()  # the body is in: waiting for a disconnect is fine
             else:
                 if deadline is None:

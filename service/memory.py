@@ -50,10 +50,16 @@ class _MallInfo2(ctypes.Structure):
 
 
 @cache
+def libc() -> ctypes.CDLL:
+    """The process's C library, opened once (OSError where it cannot be found)."""
+    return ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+
+
+@cache
 def _mallinfo2() -> Callable[[], _MallInfo2] | None:
     """glibc >= 2.33's mallinfo2, or None (musl, macOS, old glibc)."""
     try:
-        function = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").mallinfo2
+        function = libc().mallinfo2
     except (OSError, AttributeError):
         return None
     function.restype = _MallInfo2

@@ -84,7 +84,8 @@ class Metrics:
         )
         self.queue_seconds = Histogram(
             "edge_inference_queue_duration_seconds",
-            "Time from submitting an inference to a worker thread starting it.",
+            "Time from a request's arrival at its lane's admission gate to the start of its "
+            "run (on a worker thread, or on the event loop for a tiny request run inline).",
             LABELS,
             buckets=LATENCY_BUCKETS,
             registry=registry,

@@ -1,7 +1,7 @@
-"""The precision chosen on the box: each variant timed here, the build's speed rule re-run.
+"""The variant chosen on the box: each variant timed here, the build's speed rule re-run.
 
 The build picks a model's default variant by latency on the build machine (x86-64 with
-VNNI, usually); an ARM gateway or an older Atom can rank the precisions differently. After
+VNNI, usually); an ARM gateway or an older Atom can rank the variants differently. After
 warm-up each ready variant runs the model's own sample, interleaved round by round so
 machine noise falls on every variant alike, within a time budget; the median is its
 latency here. The same rounds give the scheduler its row costs and batch gains.
@@ -12,17 +12,16 @@ from __future__ import annotations
 import math
 import statistics
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 
 from service.manifest import ModelManifest
 from service.runtime import Feed, ModelRuntime
 
-# Mirrors build_models.search.TIE_MARGIN and default_variant() (the service must not import
-# build-time code): a variant must beat fp32 by more than this share, else fp32 stays.
-TIE_MARGIN = 0.05
 FP32 = "fp32"
+TIE_MARGIN = 0.05
+"""A variant must beat FP32 by more than this share to be the default: ties go to FP32."""
 # Rounds of the interleaved timing: enough for a stable median, few enough for big models.
 MIN_ROUNDS = 3
 MAX_ROUNDS = 200
@@ -112,8 +111,7 @@ def choose_default(
             f"build machine chose {build})."
         )
     fp32 = onbox_ms[FP32]
-    faster = [n for n in passing if n == FP32 or onbox_ms[n] < fp32 * (1 - TIE_MARGIN)]
-    winner = min(faster, key=lambda name: onbox_ms[name])
+    winner = fastest_passing(onbox_ms, passing)
     if winner == FP32:
         others = [n for n in passing if n != FP32]
         if not others:
@@ -130,6 +128,16 @@ def choose_default(
         f"{fp32 / onbox_ms[winner]:.2f}x faster than fp32 on this box "
         f"({onbox_ms[winner]:.3f} vs {fp32:.3f} ms, batch 1; build machine chose {build})."
     )
+
+
+def fastest_passing(latency_ms: Mapping[str, float], passing: Sequence[str]) -> str:
+    """The speed rule, one for the build and the box: the fastest variant that passed.
+
+    Beating FP32 takes more than TIE_MARGIN; latency_ms must include FP32.
+    """
+    fp32 = latency_ms[FP32]
+    faster = [n for n in passing if n == FP32 or latency_ms[n] < fp32 * (1 - TIE_MARGIN)]
+    return min(faster, key=lambda name: latency_ms[name])
 
 
 def _figures(names: list[str], onbox_ms: Mapping[str, float]) -> str:

@@ -24,12 +24,10 @@ from service.manifest import (
     TextPreprocessing,
 )
 from service.protocol import DATATYPES
+from service.runtime import Feed
 
-Feed = dict[str, np.ndarray]
-
-# Pillow's own bomb guard stays as a backstop; decode_image checks EDGE_MAX_IMAGE_PIXELS first.
+# Pillow's own bomb guard stays as a backstop; open_image checks EDGE_MAX_IMAGE_PIXELS first.
 Image.MAX_IMAGE_PIXELS = 40_000_000
-IMAGE_FORMATS = ("PNG", "JPEG")
 _MAGIC = {b"\x89PNG\r\n\x1a\n": "PNG", b"\xff\xd8\xff": "JPEG"}
 DEFAULT_MAX_PIXELS = 16_000_000
 
@@ -51,7 +49,7 @@ def decode_image(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Ima
     return load_pixels(open_image(data, max_pixels))
 
 
-def open_image(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
+def open_image(data: bytes, max_pixels: int) -> Image.Image:
     """An uploaded PNG or JPEG with only its header read, its size checked against max_pixels.
 
     Only Pillow's PNG and JPEG parsers ever see client bytes (415 for anything else), and

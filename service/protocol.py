@@ -402,7 +402,7 @@ def _cast(tensor: _Tensor, array: np.ndarray, dtype: np.dtype[Any]) -> np.ndarra
 
 def encode_response(
     model: str,
-    version: str,
+    variant: str,
     request: DecodedRequest,
     outputs: dict[str, np.ndarray],
 ) -> tuple[bytes, dict[str, str]]:
@@ -422,7 +422,7 @@ def encode_response(
         else:
             entry["data"] = _json_values(array)
         entries.append(entry)
-    body: dict[str, Any] = {"model_name": model, "model_version": version, "outputs": entries}
+    body: dict[str, Any] = {"model_name": model, "model_version": variant, "outputs": entries}
     if request.id is not None:
         body["id"] = request.id
     header = dumps(body)

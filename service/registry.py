@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import time
 from dataclasses import dataclass, field
@@ -10,7 +11,7 @@ from pathlib import Path
 from service.allocator import trim_heaps
 from service.config import Settings
 from service.errors import NotFound, NotReady
-from service.manifest import MANIFEST_FILE, ModelManifest, file_sha256
+from service.manifest import MANIFEST_FILE, ModelManifest
 from service.onbox import choose_default, measure
 from service.processing import Processor
 from service.runtime import ModelRuntime, State
@@ -23,7 +24,6 @@ class ModelEntry:
     """A model, its processing, and its variants' runtimes."""
 
     manifest: ModelManifest
-    directory: Path
     processor: Processor
     runtimes: dict[str, ModelRuntime]
     default_variant: str
@@ -99,20 +99,14 @@ class Registry:
         }
         if not runtimes:
             raise ValueError(f"it has none of the variants {', '.join(wanted)}")
-        default = self.settings.default_variant or manifest.default_variant
-        if default not in runtimes:
-            default = (
-                manifest.default_variant
-                if manifest.default_variant in runtimes
-                else (next(iter(runtimes)))
-            )
+        # Until the variants are timed here: the override, else the build's, else the first.
+        default, _ = choose_default(manifest, runtimes, {}, self.settings.default_variant)
         return ModelEntry(
             manifest,
-            directory,
             Processor(manifest, directory),
             runtimes,
             default,
-            manifest_sha256=file_sha256(directory / MANIFEST_FILE),
+            manifest_sha256=hashlib.sha256(raw).hexdigest(),  # of the bytes parsed above
             default_reason=manifest.default_reason,
         )
 
@@ -186,10 +180,10 @@ class Registry:
         except KeyError:
             raise NotFound(f"unknown model '{model}'") from None
 
-    def runtime(self, model: str, version: str | None = None, ready: bool = True) -> ModelRuntime:
-        """The runtime for a model's variant (its default when version is None)."""
+    def runtime(self, model: str, variant: str | None = None, ready: bool = True) -> ModelRuntime:
+        """The runtime for a model's variant (its default when variant is None)."""
         entry = self.entry(model)
-        variant = version or entry.default_variant
+        variant = variant or entry.default_variant
         runtime = entry.runtimes.get(variant)
         if runtime is None:
             raise NotFound(
@@ -198,7 +192,7 @@ class Registry:
             )
         if ready and not runtime.ready:
             reason = f": {runtime.error}" if runtime.state is State.FAILED else ""
-            raise NotReady(f"model '{model}' version '{variant}' is {runtime.state.value}{reason}")
+            raise NotReady(f"{runtime.label} is {runtime.state.value}{reason}")
         return runtime
 
     def all_runtimes(self) -> list[ModelRuntime]:
@@ -211,12 +205,11 @@ class Registry:
         runtimes = [rt for entry in models.values() for rt in entry.runtimes.values()]
         if not runtimes or not all(entry.settled for entry in models.values()):
             return False  # the default is chosen after warm-up: it must not change once ready
-        if self.settings.strict_readiness:
-            return all(rt.ready for rt in runtimes)
-        settled = all(rt.state in (State.READY, State.FAILED) for rt in runtimes)
-        return settled and all(
-            any(rt.ready for rt in entry.runtimes.values()) for entry in models.values()
-        )
+        if not self.settings.strict_readiness and any(
+            rt.state not in (State.READY, State.FAILED) for rt in runtimes
+        ):
+            return False  # degraded: still loading something that may yet come up
+        return all(self.acceptable(entry) for entry in models.values())
 
     def failures(self) -> list[ModelRuntime]:
         """Variants that failed to load (their `error` says why, without file paths)."""

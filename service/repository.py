@@ -29,8 +29,6 @@ from service.runtime import ModelRuntime, State
 
 log = logging.getLogger(__name__)
 
-# Longest an unload or a reload waits for requests in flight on the old entry (k8s grace).
-DRAIN_SECONDS = 30.0
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
 
 
@@ -172,13 +170,17 @@ class Repository:
         raise BadRequest(f"failed to load '{model}': {reason}{kept}")
 
     async def _drain(self, entry: ModelEntry) -> None:
-        """Wait until no request is in flight on the entry's runtimes, then close their lanes."""
+        """Wait until no request is in flight on the entry's runtimes, then close their lanes.
+
+        The wait is bounded by EDGE_DRAIN_SECONDS, as the drain after SIGTERM is.
+        """
         runtimes = list(entry.runtimes.values())
         loop = asyncio.get_running_loop()
-        deadline = loop.time() + DRAIN_SECONDS
+        drain_seconds = self.registry.settings.drain_seconds
+        deadline = loop.time() + drain_seconds
         while any(self.inference.in_flight.get(rt, 0) for rt in runtimes):
             if loop.time() > deadline:
-                log.warning("%s: requests still in flight after %.0f s", entry.name, DRAIN_SECONDS)
+                log.warning("%s: requests still in flight after %.0f s", entry.name, drain_seconds)
                 break
             await asyncio.sleep(0.01)
         for runtime in runtimes:

@@ -102,6 +102,11 @@ class ModelRuntime:
         return f"{self.model}/{self.variant}"
 
     @property
+    def label(self) -> str:
+        """How client-facing messages name this variant: model '<model>' version '<variant>'."""
+        return f"model '{self.model}' version '{self.variant}'"
+
+    @property
     def ready(self) -> bool:
         return self.state is State.READY
 
@@ -151,21 +156,19 @@ class ModelRuntime:
         """Run the session; ORT's complaints about the input values become 400s."""
         session = self._session
         if session is None or not self.ready:
-            raise NotReady(f"model '{self.model}' version '{self.variant}' is not ready")
+            raise NotReady(f"{self.label} is not ready")
         names = outputs or self._output_names
         try:
             results = session.run(names, feed, self._run_options)
         except _ORT_INPUT_ERRORS as exc:
             log.info("%s rejected an input: %s", self.name, exc)
             raise BadRequest(
-                f"model '{self.model}' version '{self.variant}' could not run on this input: "
-                f"{_client_reason(exc)}"
+                f"{self.label} could not run on this input: {_client_reason(exc)}"
             ) from None
         except (ort_errors.Fail, ort_errors.RuntimeException, ort_errors.EPFail) as exc:
             log.error("%s failed on an input its spec accepts: %s", self.name, exc)
             raise InferenceFailed(
-                f"model '{self.model}' version '{self.variant}' failed to run "
-                "(details in the server log)"
+                f"{self.label} failed to run (details in the server log)"
             ) from None
         return dict(zip(names, results, strict=True))
 

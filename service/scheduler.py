@@ -306,8 +306,8 @@ class Lane:
             raise self._closing()
         if len(self._parked) >= self.max_queue:
             raise Overloaded(
-                f"model '{self.runtime.model}' version '{self.runtime.variant}' has "
-                f"{len(self._parked)} requests waiting (EDGE_MAX_QUEUE); retry shortly"
+                f"{self.runtime.label} has {len(self._parked)} requests waiting "
+                "(EDGE_MAX_QUEUE); retry shortly"
             )
         loop = asyncio.get_running_loop()
         place: asyncio.Future[None] = loop.create_future()
@@ -593,8 +593,8 @@ class Lane:
 
     def _overdue(self, waited: float, deadline: float) -> Overloaded:
         return Overloaded(
-            f"model '{self.runtime.model}' version '{self.runtime.variant}' is busy: waited "
-            f"{waited * 1000:.0f} ms, over the {deadline * 1000:.0f} ms queue deadline "
+            f"{self.runtime.label} is busy: waited {waited * 1000:.0f} ms, "
+            f"over the {deadline * 1000:.0f} ms queue deadline "
             "(EDGE_QUEUE_DEADLINE_MS); retry shortly"
         )
 

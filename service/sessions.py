@@ -14,7 +14,7 @@ def session_options(threads: int = 1) -> ort.SessionOptions:
     options.intra_op_num_threads = threads
     options.inter_op_num_threads = 1
     options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-    # Spinning threads on 2 shared cores made 2 threads ~2x slower than 1 (NOTES.md).
+    # Spinning threads on 2 shared cores made 2 threads ~2x slower than 1.
     options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     return options
 

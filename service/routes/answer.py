@@ -12,10 +12,9 @@ import logging
 import re
 from collections.abc import Awaitable
 
-from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from service.errors import ServiceError, error_headers
+from service.errors import client_view, is_modelled
 from service.inference import Inference
 from service.protocol import dumps
 from service.registry import Registry
@@ -61,14 +60,11 @@ async def answer(scope: Scope, send: Send, work: Awaitable[Answer]) -> None:
             return  # the client went away; nothing to answer
         status = 200
         content, headers = result
-    except ServiceError as exc:
-        status, content, headers = exc.status_code, dumps({"error": exc.message}), JSON
-        extra = error_headers(exc)
-    except HTTPException as exc:  # the body limit's 413 or 408 while the body streams in
-        status, content, headers = exc.status_code, dumps({"error": str(exc.detail)}), JSON
-    except Exception:
-        log.exception("unhandled error on %s %s", scope["method"], scope["path"])
-        status, content, headers = 500, dumps({"error": "internal server error"}), JSON
+    except Exception as exc:
+        if not is_modelled(exc):
+            log.exception("unhandled error on %s %s", scope["method"], scope["path"])
+        status, message, extra = client_view(exc)
+        content, headers = dumps({"error": message}), JSON
     if extra:
         headers = [*headers, *((k.encode(), v.encode()) for k, v in extra.items())]
     await send(

@@ -15,7 +15,7 @@ import zlib
 
 from starlette.types import Receive, Scope
 
-from service.bounds import DEFAULT_LIMITS, Limits, check_json_outputs
+from service.bounds import Limits, check_json_outputs
 from service.classification import classify, labels_of
 from service.connections import Connection, connection_of
 from service.errors import BadRequest, PayloadTooLarge
@@ -35,14 +35,14 @@ async def infer_response(
     registry: Registry,
     inference: Inference,
     model: str,
-    version: str | None,
+    variant: str | None,
     body: bytes,
     header_length: str | None,
     encoding: str | None,
     connection: Connection | None = None,
 ) -> tuple[bytes, dict[str, str]]:
     """One v2 infer call from body bytes to response bytes and headers."""
-    runtime = registry.runtime(model, version)
+    runtime = registry.runtime(model, variant)
     limits = inference.limits
     async with inference.track(runtime), inference.admit(runtime, connection) as admitted:
         # Admitted before decoding: a request that cannot be served soon costs no decode.
@@ -68,7 +68,7 @@ async def decode_body(
     header_length: str | None,
     encoding: str | None,
     limit: int,
-    limits: Limits = DEFAULT_LIMITS,
+    limits: Limits,
 ) -> DecodedRequest:
     """Decompress and decode; in a worker thread when there is much JSON or gzip to read."""
     identity = encoding is None or encoding.lower() == "identity"

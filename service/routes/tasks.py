@@ -83,7 +83,7 @@ ROUTE_TASKS: dict[str, Task] = {
 
 
 def resolve_task(
-    registry: Registry, model: str, route: str, precision: str | None
+    registry: Registry, model: str, route: str, variant: str | None
 ) -> tuple[ModelEntry, ModelRuntime]:
     """The model and variant a task call runs on; 404 for a model of another task."""
     entry = registry.entry(model)
@@ -91,7 +91,7 @@ def resolve_task(
         raise NotFound(
             f"model '{model}' is a {entry.manifest.task} model and has no '{route}' task"
         )
-    return entry, registry.runtime(model, precision)
+    return entry, registry.runtime(model, variant)
 
 
 async def classify_image(
@@ -205,7 +205,7 @@ async def classify(
     top_k: Annotated[int, Query(ge=1, le=TOP_K_MAX)] = TOP_K_DEFAULT,
 ) -> dict[str, Any]:
     """Served by service.routes.uploads.UploadRoute (plain ASGI); declared here for /docs."""
-    entry, runtime = resolve_task(registry, model, "classify", precision)
+    entry, runtime = resolve_task(registry, model, "classify", variant=precision)
     data = await image.read()
     return await classify_image(
         inference, entry, runtime, data, top_k, connection_of(request.scope)
@@ -224,7 +224,7 @@ async def recognize(
     precision: Precision = None,
 ) -> dict[str, Any]:
     """Served by service.routes.uploads.UploadRoute (plain ASGI); declared here for /docs."""
-    entry, runtime = resolve_task(registry, model, "recognize", precision)
+    entry, runtime = resolve_task(registry, model, "recognize", variant=precision)
     data = await image.read()
     return await recognize_image(inference, entry, runtime, data, connection_of(request.scope))
 
@@ -239,7 +239,7 @@ async def embed(
     precision: Precision = None,
 ) -> dict[str, Any]:
     check_sentences(body.sentences, inference.settings)  # the cheapest refusal first
-    entry, runtime = resolve_task(registry, model, "embed", precision)
+    entry, runtime = resolve_task(registry, model, "embed", variant=precision)
     return await embed_sentences(
         inference, entry, runtime, body.sentences, connection_of(request.scope)
     )

@@ -42,7 +42,7 @@ class UploadRoute(PlainRoute):
         # The cheapest refusals first: a bad query or an unknown model costs no form parsing.
         query = QueryParams(scope["query_string"])
         top_k = _top_k(query.get("top_k")) if route == "classify" else TOP_K_DEFAULT
-        entry, runtime = resolve_task(self.registry, model, route, query.get("precision"))
+        entry, runtime = resolve_task(self.registry, model, route, variant=query.get("precision"))
         data = await _upload(Request(scope, receive))
         if data is None:
             return None

@@ -13,6 +13,7 @@ from service.bounds import check_finite_inputs, check_json_outputs
 from service.connections import connection_of
 from service.errors import NotReady
 from service.protocol import (
+    DATATYPES,
     HEADER_LENGTH,
     DecodedRequest,
     InferenceRequest,
@@ -33,10 +34,12 @@ EXTENSIONS = [
     "statistics",
     "model_repository",
     "compare",
+    "classification",
 ]
-_TRITON_TYPES = {"FP32": "TYPE_FP32", "FP16": "TYPE_FP16", "FP64": "TYPE_FP64",
-                 "INT64": "TYPE_INT64", "INT32": "TYPE_INT32", "INT8": "TYPE_INT8",
-                 "UINT8": "TYPE_UINT8", "BOOL": "TYPE_BOOL", "BYTES": "TYPE_STRING"}  # fmt: skip
+# Triton's config names each v2 datatype TYPE_<name>, except BYTES (TYPE_STRING).
+_TRITON_TYPES = {
+    datatype: "TYPE_STRING" if datatype == "BYTES" else f"TYPE_{datatype}" for datatype in DATATYPES
+}
 
 
 def _inline_defs(schema: dict[str, Any]) -> dict[str, Any]:

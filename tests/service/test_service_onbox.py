@@ -10,7 +10,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from service.manifest import GateCheck, ModelManifest
-from service.onbox import TIE_MARGIN, choose_default
+from service.onbox import choose_default
 from service.runtime import ModelRuntime
 
 
@@ -25,13 +25,6 @@ def runtimes(manifest: ModelManifest) -> dict[str, ModelRuntime]:
         name: ModelRuntime("digits", name, Path(v.file), v.sha256, 1, [], [])
         for name, v in manifest.variants.items()
     }
-
-
-def test_rule_mirrors_the_build() -> None:
-    """The service keeps its own copy of the build's tie margin: the two must agree."""
-    from build_models.search import TIE_MARGIN as BUILD_TIE_MARGIN
-
-    assert TIE_MARGIN == BUILD_TIE_MARGIN
 
 
 @pytest.mark.parametrize(

@@ -8,6 +8,9 @@ import numpy as np
 import pytest
 import tritonclient.http as httpclient
 
+from service.protocol import DATATYPES
+from service.routes.v2 import _TRITON_TYPES
+
 MODEL = "digits"
 VARIANTS = ("fp32", "int8")
 Reference = Callable[[str, np.ndarray], np.ndarray]
@@ -33,9 +36,13 @@ def test_server_live_ready_and_metadata(client: httpclient.InferenceServerClient
     assert client.is_server_ready()
     metadata = client.get_server_metadata()
     assert metadata["name"] and metadata["version"]
-    assert {"binary_tensor_data", "model_configuration", "statistics", "model_repository"} <= set(
-        metadata["extensions"]
-    )
+    assert {
+        "binary_tensor_data",
+        "classification",
+        "model_configuration",
+        "statistics",
+        "model_repository",
+    } <= set(metadata["extensions"])
 
 
 @pytest.mark.parametrize("version", ["", *VARIANTS])
@@ -56,6 +63,14 @@ def test_model_config(client: httpclient.InferenceServerClient) -> None:
     assert config["max_batch_size"] >= 8
     assert config["input"] == [{"name": "input", "data_type": "TYPE_FP32", "dims": [1, 8, 8]}]
     assert config["output"] == [{"name": "logits", "data_type": "TYPE_FP32", "dims": [10]}]
+
+
+def test_model_config_names_every_datatype_the_protocol_accepts() -> None:
+    """/config writes Triton's TYPE_* for each v2 datatype (BYTES is TYPE_STRING), none raw."""
+    assert set(_TRITON_TYPES) == set(DATATYPES)
+    assert _TRITON_TYPES["BYTES"] == "TYPE_STRING"
+    for datatype in ("BOOL", "FP32", "INT8", "INT16", "UINT16", "UINT32", "UINT64"):
+        assert _TRITON_TYPES[datatype] == f"TYPE_{datatype}"
 
 
 def test_repository_index(client: httpclient.InferenceServerClient) -> None:
