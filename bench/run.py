@@ -17,7 +17,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -267,25 +267,39 @@ class Floor:
         self._sample.close()
 
 
-def paired_floors(reference: Floor, floor: Floor, rounds: int, seconds: float) -> dict[str, Any]:
+def paired_floors(
+    reference: Floor,
+    floor: Floor,
+    rounds: int,
+    seconds: float,
+    serve: Callable[[Floor], float] | None = None,
+) -> dict[str, Any]:
     """A variant's raw rate over its reference's, each at its served batch, measured A B B A.
 
     Each variant's own floor is measured between its own cells, minutes from the other's, and
     the machine's pace moved in between (MiniLM INT8 at 8 rows ran at 18-19 or at 24-25 ms,
     round by round): a ratio of those two medians moved with it. Measured side by side, in
-    one phase, the pace is shared.
+    one phase, the pace is shared. With `serve` (the service's rate for a floor's variant),
+    each round then runs the service on both variants in the same order, so the served ratio
+    is paired with that round's raw one as well.
     """
     ratios: list[float] = []
+    served: list[float] = []
     for index in range(rounds):
         order = [reference, floor] if index % 2 == 0 else [floor, reference]
         rates = {id(f): f.time(seconds, f.served_rows)["per_second"] for f in order}
         ratios.append(rates[id(floor)] / rates[id(reference)])
-    return {
+        if serve is not None:
+            answers = {id(f): serve(f) for f in order}
+            top, bottom = answers[id(floor)], answers[id(reference)]
+            served.append(top / bottom if bottom else 0.0)  # FP32 answered nothing: a miss
+    pair = {
         "rows": floor.served_rows,
         "reference_rows": reference.served_rows,
         "ratio": statistics.median(ratios),
         "ratios": ratios,
     }
+    return pair | ({"served": served} if serve is not None else {})
 
 
 def rows_and_runs(url: str, model: str, variant: str) -> tuple[float, float]:
@@ -417,7 +431,7 @@ def _run(plan: Plan, workdir: Path, say: Any) -> dict[str, Any]:
             floors[name] = floor.summary()
             open_floors[name] = floor
             if all(v.split("/")[0] != model for v in plan.variants[index + 1 :]):
-                floors.update(_pair_with_fp32(plan, model, open_floors, floors))
+                floors.update(_pair_with_fp32(plan, model, open_floors, floors, service))
                 for done in [v for v in open_floors if v.startswith(f"{model}/")]:
                     open_floors.pop(done).close()
         overload = run_overload_pair(plan, service)
@@ -443,15 +457,35 @@ def _run(plan: Plan, workdir: Path, say: Any) -> dict[str, Any]:
 
 
 def _pair_with_fp32(
-    plan: Plan, model: str, open_floors: dict[str, Floor], floors: dict[str, Any]
+    plan: Plan,
+    model: str,
+    open_floors: dict[str, Floor],
+    floors: dict[str, Any],
+    service: ServiceProcess,
 ) -> dict[str, Any]:
-    """Each INT8 variant's floor summary with its paired ratio to FP32 (where the goal reads it)."""
+    """Each INT8 variant's floor summary with its ratios to FP32, raw and served, paired.
+
+    The goal sets the service's INT8/FP32 throughput ratio against ONNX Runtime's: both are
+    measured round by round beside each other (the floors, then the service over binary at
+    the goals' concurrency on the same two variants), not from cells minutes apart.
+    """
     reference = open_floors.get(f"{model}/fp32")
     if reference is None or floors[f"{model}/fp32"]["p50_ms"] < RATIO_FLOOR_MS:
         return {}
-    seconds = plan.floor_window
+    connections = high_concurrency(plan.concurrency)
+    seconds = run_seconds(plan, connections, floors[f"{model}/fp32"]["p50_ms"] / 1000)
+    payload = binary_payload(sample_feed(plan.repository, model))
+    variants = {id(floor): name.split("/")[1] for name, floor in open_floors.items()}
+
+    def serve(floor: Floor) -> float:
+        path = f"/v2/models/{model}/versions/{variants[id(floor)]}/infer"
+        load = run_wrk(service.url + path, payload, connections, seconds, plan.load_core)
+        wait_idle(_pid(service))
+        return load.ok_per_second
+
     return {
-        name: floors[name] | {"paired": paired_floors(reference, floor, plan.rounds, seconds)}
+        name: floors[name]
+        | {"paired": paired_floors(reference, floor, plan.rounds, plan.floor_window, serve)}
         for name, floor in open_floors.items()
         if name.startswith(f"{model}/int8")
     }

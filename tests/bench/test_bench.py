@@ -15,8 +15,16 @@ from bench.mlserver import mlserver_path, start_mlserver
 from bench.payloads import json_payload, sample_feed
 from bench.profile import summarise
 from bench.report import against_floor, at_least, goals, headline_table, paired
-from bench.run import MINIMAL, MLSERVER, SERVICE_BINARY, Floor, Plan, paired_floors
-from loadtests.process import stop_service
+from bench.run import (
+    MINIMAL,
+    MLSERVER,
+    SERVICE_BINARY,
+    Floor,
+    Plan,
+    _pair_with_fp32,
+    paired_floors,
+)
+from loadtests.process import ServiceProcess, stop_service
 from service.manifest import ModelManifest
 from service.sessions import open_session
 
@@ -121,7 +129,40 @@ def test_paired_floors_measure_two_variants_side_by_side(model_repository: Path)
         int8.close()
     assert (pair["rows"], pair["reference_rows"], len(pair["ratios"])) == (1, 1, 3)
     assert pair["ratio"] == sorted(pair["ratios"])[1] > 0
-    assert fp32.runs == int8.runs == []
+    assert fp32.runs == int8.runs == [] and "served" not in pair
+
+
+@pytest.mark.skipif(wrk_path() is None, reason="wrk is not installed (apt-get install wrk)")
+def test_the_service_ratio_is_paired_with_the_floors_round_by_round(
+    model_repository: Path, live_server: ServiceProcess, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each round: both floors, then the real service on both variants, in the same order."""
+    monkeypatch.setattr("bench.run.RATIO_FLOOR_MS", 0.0)  # digits runs far under 1 ms
+    plan = Plan(model_repository, [], [1, 4], 2, 1, 1.0, True, None, None)
+    feed = sample_feed(model_repository, "digits")
+    manifest = ModelManifest.read(model_repository / "digits")
+    floors = {
+        f"digits/{v}": Floor(plan, model_repository / "digits" / manifest.variants[v].file, feed)
+        for v in ("fp32", "int8")
+    }
+    summaries = {name: {"p50_ms": 0.1} for name in floors}
+    try:
+        paired = _pair_with_fp32(plan, "digits", floors, summaries, live_server)
+    finally:
+        for floor in floors.values():
+            floor.close()
+    pair = paired["digits/int8"]["paired"]
+    assert len(pair["ratios"]) == len(pair["served"]) == 2
+    assert all(ratio > 0 for ratio in pair["served"])
+    results = {"floors": {name: {"p50_ms": 2.0, "per_second": 500.0,
+                                 "served_batch": {"rows": 1, "per_second": 500.0}}
+                          for name in floors},
+               "cells": [], "cold_start_seconds": 1.0}  # fmt: skip
+    results["floors"]["digits/int8"]["paired"] = pair
+    (row,) = [g for g in goals(results, 4) if "batches served" in g["goal"]]
+    by_round = [s / r for s, r in zip(pair["served"], pair["ratios"], strict=True)]
+    assert row["rounds"] == pytest.approx(by_round)
+    assert "floors and service paired in 2 rounds" in row["goal"]
 
 
 def test_goal_rounds_pair_the_cells_round_by_round() -> None:
