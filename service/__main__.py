@@ -18,6 +18,7 @@ from service.http import CoalescingHttpToolsProtocol
 
 
 def main(argv: list[str] | None = None) -> None:
+    """`python -m service`: flags over EDGE_* settings, then uvicorn with the tuned protocol."""
     parser = argparse.ArgumentParser(
         prog="service", description="Serve FP32 and INT8 models (settings also from EDGE_* env)."
     )

@@ -56,6 +56,7 @@ class IdleTrim:
         self._enabled = _malloc_trim() is not None
 
     def enter(self) -> None:
+        """A request started: no trim while it is in flight."""
         self.busy += 1
 
     def leave(self) -> None:

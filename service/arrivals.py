@@ -17,9 +17,11 @@ class Arrivals:
         self.waiting = 0
 
     def started(self) -> None:
+        """uvicorn created a request's task (it runs in a later turn of the loop)."""
         self.waiting += 1
 
     def entered(self) -> None:
+        """A request reached the app: one fewer on its way."""
         if self.waiting:
             self.waiting -= 1
 

@@ -9,7 +9,7 @@ import logging
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from service.config import Settings
-from service.errors import error_response
+from service.errors import Unauthorized, client_view, error_response
 
 log = logging.getLogger(__name__)
 
@@ -58,10 +58,9 @@ class BearerAuth:
             await self.app(scope, receive, send)
             return
         message = "missing bearer token" if token is None else "invalid bearer token"
-        response = error_response(401, f"{message} (send Authorization: Bearer <token>)")
         challenge = "Bearer" if token is None else 'Bearer error="invalid_token"'
-        response.headers["WWW-Authenticate"] = challenge
-        await response(scope, receive, send)
+        error = Unauthorized(f"{message} (send Authorization: Bearer <token>)", challenge)
+        await error_response(*client_view(error))(scope, receive, send)
 
     def _is_open(self, path: str) -> bool:
         if path == METRICS_PATH:

@@ -38,6 +38,14 @@ def class_counts(outputs: Sequence[tuple[str, Mapping[str, Any]]] | None) -> dic
     return counts
 
 
+def top_k(rows: np.ndarray, k: int) -> np.ndarray:
+    """The indices of each row's k highest scores, best first; ties keep index order.
+
+    Stable, so the v2 classification extension and the task routes rank ties alike.
+    """
+    return np.argsort(-rows, axis=-1, kind="stable")[..., :k]
+
+
 def classify(
     outputs: dict[str, np.ndarray], counts: Mapping[str, int], labels: Sequence[str] | None
 ) -> dict[str, np.ndarray]:
@@ -52,7 +60,7 @@ def classify(
             )
         rows = array.reshape(1, -1) if array.ndim == 1 else array
         k = min(count, rows.shape[1])
-        top = np.argsort(-rows, axis=1, kind="stable")[:, :k]
+        top = top_k(rows, k)
         strings = [
             [_entry(float(row[index]), int(index), labels) for index in indices]
             for row, indices in zip(rows, top, strict=True)

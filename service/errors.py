@@ -21,11 +21,30 @@ class ServiceError(Exception):
         super().__init__(message)
         self.message = message
 
+    @property
+    def headers(self) -> dict[str, str] | None:
+        """Headers the answer carries besides its JSON body (None for most errors)."""
+        return None
+
 
 class BadRequest(ServiceError):
     """The request is malformed or inconsistent with the model."""
 
     status_code = 400
+
+
+class Unauthorized(ServiceError):
+    """No bearer token, or one that matches no key; the challenge says which (RFC 6750)."""
+
+    status_code = 401
+
+    def __init__(self, message: str, challenge: str) -> None:
+        super().__init__(message)
+        self.challenge = challenge
+
+    @property
+    def headers(self) -> dict[str, str] | None:
+        return {"www-authenticate": self.challenge}
 
 
 class NotFound(ServiceError):
@@ -70,6 +89,11 @@ class Overloaded(ServiceError):
     status_code = 503
     retry_after = 1
 
+    @property
+    def headers(self) -> dict[str, str] | None:
+        """Retry-After, so well-behaved clients back off."""
+        return {"retry-after": str(self.retry_after)}
+
 
 class ClientGone(ServiceError):
     """The client closed its connection while its request waited: the request is not run.
@@ -95,8 +119,7 @@ def client_view(exc: BaseException) -> tuple[int, str, dict[str, str] | None]:
     Anything else is the server's fault: a 500 that says nothing internal (log it first).
     """
     if isinstance(exc, ServiceError):
-        retry = {"retry-after": str(exc.retry_after)} if isinstance(exc, Overloaded) else None
-        return exc.status_code, exc.message, retry
+        return exc.status_code, exc.message, exc.headers
     if isinstance(exc, HTTPException):
         return exc.status_code, str(exc.detail), None
     return 500, "internal server error", None

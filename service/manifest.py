@@ -128,6 +128,7 @@ class Variant(_Model):
 
     @property
     def passed(self) -> bool:
+        """Whether the variant met every check of its model's accuracy budget."""
         return all(check.passed for check in self.gate)
 
 
@@ -152,9 +153,11 @@ class ModelManifest(_Model):
 
     @classmethod
     def read(cls, model_dir: Path) -> ModelManifest:
+        """A model folder's model.json, validated against this version's schema."""
         return cls.model_validate_json((model_dir / MANIFEST_FILE).read_text())
 
     def write(self, model_dir: Path) -> None:
+        """model.json into a model folder (the build writes it; the service only reads it)."""
         (model_dir / MANIFEST_FILE).write_text(self.model_dump_json(indent=2) + "\n")
 
 

@@ -15,6 +15,7 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 from tokenizers import Tokenizer
 
+from service.classification import top_k
 from service.errors import BadRequest, PayloadTooLarge, UnsupportedMediaType
 from service.manifest import (
     CtcPostprocessing,
@@ -106,6 +107,7 @@ class Processor:
     # --- images --------------------------------------------------------------------------
 
     def images_to_feed(self, images: list[Image.Image]) -> Feed:
+        """Decoded images as the model's batched input, preprocessed as its manifest says."""
         pre = self.manifest.preprocessing
         if not isinstance(pre, ImagePreprocessing):
             raise BadRequest(f"model '{self.manifest.name}' does not take images")
@@ -117,24 +119,26 @@ class Processor:
         """The first input's numpy type (FP32 for most image models, UINT8 for some)."""
         return DATATYPES.get(self.manifest.inputs[0].datatype, np.dtype(np.float32))
 
-    def classify(self, logits: np.ndarray, top_k: int) -> list[list[LabelScore]]:
+    def classify(self, logits: np.ndarray, count: int) -> list[list[LabelScore]]:
+        """Each row's `count` most probable labels (softmax of the logits), best first."""
         post = self.manifest.postprocessing
         assert isinstance(post, SoftmaxPostprocessing)
         shifted = np.exp(logits - logits.max(axis=-1, keepdims=True))
         probabilities = shifted / shifted.sum(axis=-1, keepdims=True)
-        results = []
-        for row in probabilities:
-            best = np.argsort(-row)[:top_k]
-            results.append([LabelScore(post.labels[i], float(row[i])) for i in best])
-        return results
+        return [
+            [LabelScore(post.labels[i], float(row[i])) for i in best]
+            for row, best in zip(probabilities, top_k(probabilities, count), strict=True)
+        ]
 
     def recognize(self, probabilities: np.ndarray) -> list[TextScore]:
+        """Each row's text by greedy CTC decoding over the model's charset."""
         post = self.manifest.postprocessing
         assert isinstance(post, CtcPostprocessing)
         return [ctc_greedy(row, self.charset, post.blank_index) for row in probabilities]
 
     @cached_property
     def charset(self) -> list[str]:
+        """The CTC model's characters, read once from the file its manifest names."""
         post = self.manifest.postprocessing
         assert isinstance(post, CtcPostprocessing)
         charset: list[str] = json.loads((self.model_dir / post.charset).read_text())
@@ -143,6 +147,7 @@ class Processor:
     # --- text ----------------------------------------------------------------------------
 
     def texts_to_feed(self, texts: list[str]) -> Feed:
+        """Sentences as token inputs (truncated to max_length, padded to the longest)."""
         pre = self.manifest.preprocessing
         if not isinstance(pre, TextPreprocessing):
             raise BadRequest(f"model '{self.manifest.name}' does not take text")
@@ -150,6 +155,7 @@ class Processor:
 
     @cached_property
     def tokenizer(self) -> Tokenizer:
+        """The model's own tokenizer, loaded once from its folder."""
         pre = self.manifest.preprocessing
         assert isinstance(pre, TextPreprocessing)
         return load_tokenizer(self.model_dir / pre.tokenizer, pre.max_length)

@@ -175,6 +175,7 @@ class Registry:
         return all(states) if self.settings.strict_readiness else any(states)
 
     def entry(self, model: str) -> ModelEntry:
+        """A registered model, or the 404 a client gets for an unknown one."""
         try:
             return self.models[model]
         except KeyError:
@@ -196,6 +197,7 @@ class Registry:
         return runtime
 
     def all_runtimes(self) -> list[ModelRuntime]:
+        """Every variant of every model, for metrics and statistics."""
         return [rt for entry in self.models.values() for rt in entry.runtimes.values()]
 
     @property

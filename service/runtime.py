@@ -32,6 +32,8 @@ _ORT_INPUT_ERRORS = (ort_errors.InvalidArgument,)
 
 
 class State(StrEnum):
+    """A variant's life: registered, loading, then ready or failed (what /v2/models says)."""
+
     REGISTERED = "registered"
     LOADING = "loading"
     READY = "ready"
@@ -99,6 +101,7 @@ class ModelRuntime:
 
     @property
     def name(self) -> str:
+        """`model/variant`, as logs and the bench name a variant."""
         return f"{self.model}/{self.variant}"
 
     @property
@@ -108,6 +111,7 @@ class ModelRuntime:
 
     @property
     def ready(self) -> bool:
+        """Loaded and warmed up: requests may run on it."""
         return self.state is State.READY
 
     def load(self, warmup_feed: Feed, warmup_runs: int) -> None:

@@ -20,7 +20,7 @@ from service.classification import classify, labels_of
 from service.connections import Connection, connection_of
 from service.errors import BadRequest, PayloadTooLarge
 from service.inference import Inference
-from service.protocol import DecodedRequest, decode_request, encode_response
+from service.protocol import HEADER_LENGTH, DecodedRequest, decode_request, encode_response
 from service.registry import Registry
 from service.routes.answer import Answer, PlainRoute
 
@@ -29,6 +29,7 @@ INFER_PATH = re.compile(r"^/v2/models/(?P<model>[^/]+)(?:/versions/(?P<version>[
 # event loop (health, metrics, other requests) never stalls behind a big tensor.
 OFFLOAD_BODY_BYTES = 64 * 1024
 OFFLOAD_OUTPUT_VALUES = 16 * 1024
+_HEADER_LENGTH_KEY = HEADER_LENGTH.lower().encode("latin-1")  # ASGI gives header names lowered
 
 
 async def infer_response(
@@ -116,7 +117,7 @@ class InferRoute(PlainRoute):
             return None
         header_length = encoding = None
         for name, value in scope["headers"]:
-            if name == b"inference-header-content-length":
+            if name == _HEADER_LENGTH_KEY:
                 header_length = value.decode("latin-1")
             elif name == b"content-encoding":
                 encoding = value.decode("latin-1")

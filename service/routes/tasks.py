@@ -238,6 +238,7 @@ async def embed(
     body: EmbedRequest,
     precision: Precision = None,
 ) -> dict[str, Any]:
+    """One embedding vector per sentence, and their dimension."""
     check_sentences(body.sentences, inference.settings)  # the cheapest refusal first
     entry, runtime = resolve_task(registry, model, "embed", variant=precision)
     return await embed_sentences(

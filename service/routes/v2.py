@@ -12,6 +12,8 @@ from service import __version__
 from service.bounds import check_finite_inputs, check_json_outputs
 from service.connections import connection_of
 from service.errors import NotReady
+from service.manifest import TensorSpec
+from service.onbox import FP32
 from service.protocol import (
     DATATYPES,
     HEADER_LENGTH,
@@ -80,11 +82,13 @@ _INFER_BODY = {
 
 @router.get("", summary="Server metadata")
 async def server_metadata() -> dict[str, Any]:
+    """The server's name, version and the protocol extensions it implements."""
     return {"name": "edge-inference", "version": __version__, "extensions": EXTENSIONS}
 
 
 @router.get("/health/live", summary="Liveness")
 async def live() -> dict[str, bool]:
+    """200 while the process serves HTTP; it never waits behind inference."""
     return {"live": True}
 
 
@@ -115,6 +119,7 @@ async def ready(registry: RegistryDep, request: Request) -> dict[str, Any]:
 
 @router.get("/models", summary="Every model with its versions (variants) and their state")
 async def list_models(registry: RegistryDep) -> dict[str, Any]:
+    """Each model's task, default version and the state of every version."""
     return {
         "models": [
             {
@@ -130,6 +135,7 @@ async def list_models(registry: RegistryDep) -> dict[str, Any]:
 
 @router.get("/models/stats", summary="Statistics of every variant (Triton extension)")
 async def all_stats(registry: RegistryDep) -> dict[str, Any]:
+    """Triton's statistics for every loaded version of every model."""
     return {"model_stats": [_stats(rt) for rt in registry.all_runtimes()]}
 
 
@@ -138,6 +144,7 @@ async def all_stats(registry: RegistryDep) -> dict[str, Any]:
 async def model_metadata(
     registry: RegistryDep, model: str, version: str | None = None
 ) -> dict[str, Any]:
+    """Inputs, outputs, and why the default version is the default (with latency here)."""
     entry = registry.entry(model)
     registry.runtime(model, version, ready=False)
     return {
@@ -166,6 +173,7 @@ async def model_metadata(
 async def model_ready(
     registry: RegistryDep, model: str, version: str | None = None
 ) -> dict[str, Any]:
+    """200 when the version can serve; 503 (with the reason) while loading or failed."""
     runtime = registry.runtime(model, version)
     return {"name": model, "version": runtime.variant, "ready": True}
 
@@ -175,12 +183,13 @@ async def model_ready(
 async def model_config(
     registry: RegistryDep, request: Request, model: str, version: str | None = None
 ) -> dict[str, Any]:
+    """Triton's model configuration, dynamic batching included where this service batches."""
     entry = registry.entry(model)
     runtime = registry.runtime(model, version, ready=False)
     max_batch = request.app.state.settings.max_batch_size
     batch_rows = request.app.state.inference.batch_rows(runtime)
 
-    def tensors(specs: list[Any]) -> list[dict[str, Any]]:
+    def tensors(specs: list[TensorSpec]) -> list[dict[str, Any]]:
         return [
             {"name": s.name, "data_type": _TRITON_TYPES.get(s.datatype, s.datatype),
              "dims": s.shape[1:]}
@@ -210,6 +219,7 @@ async def model_config(
 async def model_stats(
     registry: RegistryDep, model: str, version: str | None = None
 ) -> dict[str, Any]:
+    """Triton's statistics: every version of the model, or the one named."""
     entry = registry.entry(model)
     if version is None:
         runtimes = list(entry.runtimes.values())
@@ -254,6 +264,7 @@ async def infer(
 async def compare(
     registry: RegistryDep, inference: InferenceDep, request: Request, model: str
 ) -> Response:
+    """Every version on one input: outputs, latency and agreement with FP32, side by side."""
     entry = registry.entry(model)
     runtimes = [registry.runtime(model, variant) for variant in entry.runtimes]
     decoded = await _decode(request)
@@ -268,7 +279,7 @@ async def compare(
     limits = inference.limits
     every = {f"{v}/{n}": a for v, outputs in results.items() for n, a in outputs.items()}
     check_json_outputs(every, lambda _: False, limits)
-    reference = "fp32" if "fp32" in results else next(iter(results))
+    reference = FP32 if FP32 in results else next(iter(results))
     # orjson, not JSONResponse: a NaN a model computes leaves as null, never as a 500.
     return Response(
         dumps(
