@@ -37,16 +37,43 @@ def loads(header: bytes | memoryview) -> Any:
 
 def _with_arrays(header: bytes | memoryview) -> dict[str, Any] | None:
     """The request with each input's data as an array; None where orjson must decide."""
+    raw = bytes(header)
     try:
-        document = simdjson.Parser().parse(bytes(header))
+        document = simdjson.Parser().parse(raw)
         if not isinstance(document, simdjson.Object):
             return None
-        return {
+        parsed = {
             key: _inputs(document[key]) if key == "inputs" else _python(document[key])
             for key in _keys(document)
         }
     except (ValueError, RuntimeError, TypeError):  # simdjson's errors, and _array's refusals
         return None
+    # as_buffer flattens nested lists, so nested data whose values number its own length
+    # ([[0]], [1, [2]]) would pass _array's size check as flat: every "[" in the body must open
+    # an array accounted for here, else orjson decides.
+    return parsed if _brackets_at_most(raw, _arrays(parsed)) else None
+
+
+def _brackets_at_most(raw: bytes, expected: int) -> bool:
+    """Whether `raw` holds no more than `expected` "[" (memchr-fast, and stops past it)."""
+    found, at = 0, raw.find(b"[")
+    while at != -1:
+        found += 1
+        if found > expected:
+            return False
+        at = raw.find(b"[", at + 1)
+    return True
+
+
+def _arrays(value: Any) -> int:
+    """How many JSON arrays a parsed value holds: lists, nested ones, and data arrays."""
+    if isinstance(value, np.ndarray):
+        return 1
+    if isinstance(value, list):
+        return 1 + sum(_arrays(item) for item in value)
+    if isinstance(value, dict):
+        return sum(_arrays(item) for item in value.values())
+    return 0
 
 
 def _inputs(value: Any) -> Any:

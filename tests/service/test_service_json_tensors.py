@@ -96,6 +96,10 @@ def test_flat_numbers_become_arrays(datatype: str, data: list[Any], dtype: type)
         ("INT64", [1, 2.5]),  # a fraction under an integer type: the codec's error, not a cast
         ("INT64", [2**64]),  # past 64 bits
         ("FP32", [[1, 2], [3]]),  # nested (ragged)
+        ("FP32", [[0]]),  # nested, as many values as its own length: found by hypothesis
+        ("FP32", [[1], [2]]),
+        ("FP32", [1, [2]]),
+        ("FP32", [[1, 2], []]),
         ("FP32", [1, True]),
         ("BOOL", [True, False]),
         ("BYTES", ["a"]),
