@@ -380,18 +380,18 @@ def _run(plan: Plan, workdir: Path, say: Any) -> dict[str, Any]:
                 )  # fmt: skip
                 helpers.append(mlserver)
             path = f"/v2/models/{model}/versions/{variant}/infer"
+            binary, as_json = binary_payload(feed), json_payload(feed)  # encoded once, sent by all
             targets: list[tuple[str, str, Payload, int]] = [
-                (SERVICE_BINARY, service.url + path, binary_payload(feed), _pid(service)),
-                (SERVICE_JSON, service.url + path, json_payload(feed), _pid(service)),
-                (MINIMAL, f"{minimal.url}/v2/models/{model}/infer", json_payload(feed),
-                 _pid(minimal)),
-            ]  # fmt: skip
+                (SERVICE_BINARY, service.url + path, binary, _pid(service)),
+                (SERVICE_JSON, service.url + path, as_json, _pid(service)),
+                (MINIMAL, f"{minimal.url}/v2/models/{model}/infer", as_json, _pid(minimal)),
+            ]
             if batching[name] and unbatched is not None:
-                targets.append((UNBATCHED, unbatched.url + path, binary_payload(feed),
-                                _pid(unbatched)))  # fmt: skip
+                targets.append((UNBATCHED, unbatched.url + path, binary, _pid(unbatched)))
             if mlserver is not None:
-                targets.append((MLSERVER, f"{mlserver.url}/v2/models/{model}/infer",
-                                json_payload(feed), _pid(mlserver)))  # fmt: skip
+                targets.append(
+                    (MLSERVER, f"{mlserver.url}/v2/models/{model}/infer", as_json, _pid(mlserver))
+                )
             rest = {"service": rss_bytes(_pid(service)), "minimal": rss_bytes(_pid(minimal))}
             with peak_rss(_pid(service)) as service_peak, peak_rss(_pid(minimal)) as min_peak:
                 for connections in plan.concurrency:
