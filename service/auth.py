@@ -9,7 +9,7 @@ import logging
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from service.config import Settings
-from service.errors import Unauthorized, client_view, error_response
+from service.errors import Unauthorized, error_response
 
 log = logging.getLogger(__name__)
 
@@ -60,7 +60,7 @@ class BearerAuth:
         message = "missing bearer token" if token is None else "invalid bearer token"
         challenge = "Bearer" if token is None else 'Bearer error="invalid_token"'
         error = Unauthorized(f"{message} (send Authorization: Bearer <token>)", challenge)
-        await error_response(*client_view(error))(scope, receive, send)
+        await error_response(error)(scope, receive, send)
 
     def _is_open(self, path: str) -> bool:
         if path == METRICS_PATH:

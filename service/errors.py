@@ -104,10 +104,9 @@ class ClientGone(ServiceError):
     status_code = 499
 
 
-def error_response(
-    status_code: int, message: str, headers: dict[str, str] | None = None
-) -> JSONResponse:
-    """The one error body, {"error": message}, for the routes FastAPI answers."""
+def error_response(exc: BaseException) -> JSONResponse:
+    """The one error body, {"error": message}, as an ASGI response for FastAPI and middleware."""
+    status_code, message, headers = client_view(exc)
     return JSONResponse({"error": message}, status_code=status_code, headers=headers)
 
 
@@ -136,7 +135,7 @@ def install_error_handlers(app: FastAPI) -> None:
     async def modelled_error(request: Request, exc: Exception) -> JSONResponse:
         if not is_modelled(exc):
             log.exception("unhandled error on %s %s", request.method, request.url.path)
-        return error_response(*client_view(exc))
+        return error_response(exc)
 
     async def validation_error(_: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, RequestValidationError)
@@ -144,7 +143,7 @@ def install_error_handlers(app: FastAPI) -> None:
             f"{'.'.join(str(p) for p in err.get('loc', ()))}: {err.get('msg', 'invalid')}"
             for err in exc.errors()
         )
-        return error_response(Unprocessable.status_code, problems or "invalid request")
+        return error_response(Unprocessable(problems or "invalid request"))
 
     app.add_exception_handler(RequestValidationError, validation_error)
     for kind in (ServiceError, HTTPException, Exception):

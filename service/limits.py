@@ -9,7 +9,7 @@ from typing import Any
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from service.errors import PayloadTooLarge, client_view, error_response
+from service.errors import PayloadTooLarge, error_response
 
 # Sentences are parsed into Python strings before any handler runs: their body gets a cap
 # from EDGE_MAX_SENTENCES x EDGE_MAX_SENTENCE_CHARS, so a list of many tiny strings cannot
@@ -92,7 +92,7 @@ class BodyLimit:
         message_text = f"request body is over the limit of {limit} bytes ({setting})"
         declared = dict(scope["headers"]).get(b"content-length")
         if declared is not None and declared.isdigit() and int(declared) > limit:
-            await error_response(*client_view(PayloadTooLarge(message_text)))(scope, receive, send)
+            await error_response(PayloadTooLarge(message_text))(scope, receive, send)
             return
         seen = 0
         complete = False

@@ -115,17 +115,23 @@ class InferRoute(PlainRoute):
         body = await _read_body(receive)
         if body is None:
             return None
-        header_length = encoding = None
-        for name, value in scope["headers"]:
-            if name == _HEADER_LENGTH_KEY:
-                header_length = value.decode("latin-1")
-            elif name == b"content-encoding":
-                encoding = value.decode("latin-1")
+        header_length, encoding = body_headers(scope)
         content, headers = await infer_response(
             self.registry, self.inference, match["model"], match["version"], body,
             header_length, encoding, connection_of(scope),
         )  # fmt: skip
         return content, [(k.lower().encode("latin-1"), v.encode()) for k, v in headers.items()]
+
+
+def body_headers(scope: Scope) -> tuple[str | None, str | None]:
+    """The two headers an infer body is read by: its JSON header's length and its encoding."""
+    header_length = encoding = None
+    for name, value in scope["headers"]:
+        if name == _HEADER_LENGTH_KEY:
+            header_length = value.decode("latin-1")
+        elif name == b"content-encoding":
+            encoding = value.decode("latin-1")
+    return header_length, encoding
 
 
 async def _read_body(receive: Receive) -> bytes | None:

@@ -25,7 +25,7 @@ from service.protocol import (
 )
 from service.registry import ModelEntry
 from service.routes.deps import InferenceDep, RegistryDep
-from service.routes.infer import decode_body, infer_response
+from service.routes.infer import body_headers, decode_body, infer_response
 from service.runtime import ModelRuntime, State
 
 router = APIRouter(prefix="/v2", tags=["Open Inference Protocol v2"])
@@ -249,8 +249,7 @@ async def infer(
 ) -> Response:
     """Served by service.routes.infer.InferRoute (plain ASGI); declared here for /docs."""
     body, headers = await infer_response(
-        registry, inference, model, version, await request.body(),
-        request.headers.get(HEADER_LENGTH), request.headers.get("content-encoding"),
+        registry, inference, model, version, await request.body(), *body_headers(request.scope),
         connection_of(request.scope),
     )  # fmt: skip
     return Response(content=body, headers=headers)
@@ -332,8 +331,7 @@ async def _decode(request: Request) -> DecodedRequest:
     settings = request.app.state.settings
     return await decode_body(
         await request.body(),
-        request.headers.get(HEADER_LENGTH),
-        request.headers.get("content-encoding"),
+        *body_headers(request.scope),
         settings.max_request_bytes,
         request.app.state.inference.limits,
     )
