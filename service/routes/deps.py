@@ -1,4 +1,4 @@
-"""Request-scoped access to the app's registry and inference path.
+"""Request-scoped access to the app's registry, inference path and repository.
 
 async on purpose: FastAPI runs a plain `def` dependency in its thread pool, a thread hop per
 dependency per request for what is an attribute read.
@@ -12,6 +12,7 @@ from fastapi import Depends, Request
 
 from service.inference import Inference
 from service.registry import Registry
+from service.repository import Repository
 
 
 async def _registry(request: Request) -> Registry:
@@ -24,5 +25,11 @@ async def _inference(request: Request) -> Inference:
     return inference
 
 
+async def _repository(request: Request) -> Repository:
+    repository: Repository = request.app.state.repository
+    return repository
+
+
 RegistryDep = Annotated[Registry, Depends(_registry)]
 InferenceDep = Annotated[Inference, Depends(_inference)]
+RepositoryDep = Annotated[Repository, Depends(_repository)]

@@ -8,7 +8,7 @@ import orjson
 from fastapi import APIRouter, Request
 
 from service.errors import BadRequest
-from service.repository import Repository
+from service.routes.deps import RepositoryDep
 
 router = APIRouter(prefix="/v2/repository", tags=["Model repository (Triton extension)"])
 
@@ -27,20 +27,15 @@ async def _body(request: Request) -> dict[str, Any]:
     return body
 
 
-def _repository(request: Request) -> Repository:
-    repository: Repository = request.app.state.repository
-    return repository
-
-
 @router.post("/index", summary="Every model in the repository with its state and reason")
-async def index(request: Request) -> list[dict[str, str]]:
+async def index(repository: RepositoryDep, request: Request) -> list[dict[str, str]]:
     """Triton's states: READY, LOADING, UNAVAILABLE (with the reason); {"ready": true} filters."""
     body = await _body(request)
-    return await _repository(request).index(ready_only=bool(body.get("ready", False)))
+    return await repository.index(ready_only=bool(body.get("ready", False)))
 
 
 @router.post("/models/{model}/load", summary="Load or reload a model from its folder")
-async def load(request: Request, model: str) -> dict[str, Any]:
+async def load(repository: RepositoryDep, request: Request, model: str) -> dict[str, Any]:
     """Re-reads <repository>/<model>; a version that fails to load never replaces a good one."""
     body = await _body(request)
     parameters = body.get("parameters") or {}
@@ -51,13 +46,13 @@ async def load(request: Request, model: str) -> dict[str, Any]:
             "config and file overrides are not supported: build the model into the repository "
             "folder with build_models, then load it"
         )
-    await _repository(request).load(model)
+    await repository.load(model)
     return {}
 
 
 @router.post("/models/{model}/unload", summary="Unload a model once its requests finish")
-async def unload(request: Request, model: str) -> dict[str, Any]:
+async def unload(repository: RepositoryDep, request: Request, model: str) -> dict[str, Any]:
     """Requests in flight on the model finish first; then it is not ready (404)."""
     await _body(request)
-    await _repository(request).unload(model)
+    await repository.unload(model)
     return {}

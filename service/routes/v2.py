@@ -12,6 +12,7 @@ from service import __version__
 from service.bounds import check_finite_inputs, check_json_outputs
 from service.connections import connection_of
 from service.errors import NotReady
+from service.inference import Inference
 from service.manifest import TensorSpec
 from service.onbox import FP32
 from service.protocol import (
@@ -181,13 +182,13 @@ async def model_ready(
 @router.get("/models/{model}/config", summary="Model configuration (Triton extension)")
 @router.get("/models/{model}/versions/{version}/config", summary="Model configuration")
 async def model_config(
-    registry: RegistryDep, request: Request, model: str, version: str | None = None
+    registry: RegistryDep, inference: InferenceDep, model: str, version: str | None = None
 ) -> dict[str, Any]:
     """Triton's model configuration, dynamic batching included where this service batches."""
     entry = registry.entry(model)
     runtime = registry.runtime(model, version, ready=False)
-    max_batch = request.app.state.settings.max_batch_size
-    batch_rows = request.app.state.inference.batch_rows(runtime)
+    max_batch = inference.settings.max_batch_size
+    batch_rows = inference.batch_rows(runtime)
 
     def tensors(specs: list[TensorSpec]) -> list[dict[str, Any]]:
         return [
@@ -266,7 +267,7 @@ async def compare(
     """Every version on one input: outputs, latency and agreement with FP32, side by side."""
     entry = registry.entry(model)
     runtimes = [registry.runtime(model, variant) for variant in entry.runtimes]
-    decoded = await _decode(request)
+    decoded = await _decode(request, inference)
     check_finite_inputs(decoded.inputs, "compare's agreement figures would mean nothing")
     results: dict[str, dict[str, np.ndarray]] = {}
     latency: dict[str, float] = {}
@@ -327,13 +328,12 @@ def agreement(
     return figures
 
 
-async def _decode(request: Request) -> DecodedRequest:
-    settings = request.app.state.settings
+async def _decode(request: Request, inference: Inference) -> DecodedRequest:
     return await decode_body(
         await request.body(),
         *body_headers(request.scope),
-        settings.max_request_bytes,
-        request.app.state.inference.limits,
+        inference.settings.max_request_bytes,
+        inference.limits,
     )
 
 
