@@ -9,6 +9,7 @@ import numpy as np
 from fastapi import APIRouter, Request, Response
 
 from service import __version__
+from service.agreement import agreement
 from service.bounds import check_finite_inputs, check_json_outputs
 from service.connections import connection_of
 from service.errors import NotReady
@@ -24,7 +25,6 @@ from service.protocol import (
     dumps,
     json_data,
 )
-from service.registry import ModelEntry
 from service.routes.deps import InferenceDep, RegistryDep
 from service.routes.infer import body_headers, decode_body, infer_response
 from service.runtime import ModelRuntime, State
@@ -298,7 +298,7 @@ async def compare(
                     for variant, outputs in results.items()
                 },
                 "agreement": {
-                    variant: agreement(entry, outputs, results[reference])
+                    variant: agreement(entry.manifest.task, outputs, results[reference])
                     for variant, outputs in results.items()
                     if variant != reference
                 },
@@ -306,26 +306,6 @@ async def compare(
         ),
         media_type="application/json",
     )
-
-
-def agreement(
-    entry: ModelEntry, outputs: dict[str, np.ndarray], reference: dict[str, np.ndarray]
-) -> dict[str, dict[str, float]]:
-    """Per output: max abs diff always; top-1 agreement for classifiers, cosine for embeddings."""
-    figures: dict[str, dict[str, float]] = {}
-    for name, array in outputs.items():
-        ref = reference[name].astype(np.float64)
-        got = array.astype(np.float64)
-        row: dict[str, float] = {"max_abs_diff": float(np.max(np.abs(got - ref)))}
-        if entry.manifest.task == "text-embedding":
-            a, b = got.reshape(len(got), -1), ref.reshape(len(ref), -1)
-            norms = np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1)
-            cosine = np.sum(a * b, axis=1) / np.maximum(norms, 1e-12)
-            row["cosine_mean"], row["cosine_min"] = float(cosine.mean()), float(cosine.min())
-        else:
-            row["top1_agreement"] = float(np.mean(got.argmax(-1) == ref.argmax(-1)))
-        figures[name] = row
-    return figures
 
 
 async def _decode(request: Request, inference: Inference) -> DecodedRequest:
