@@ -14,11 +14,11 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from service import __version__
 from service.arrivals import ARRIVALS
 from service.auth import BearerAuth, load_api_keys
+from service.body_limits import BodyLimit
 from service.config import Settings
 from service.docs import install_docs
 from service.errors import install_error_handlers
 from service.inference import Inference
-from service.limits import BodyLimit
 from service.metrics import Metrics, RejectedRequests, new_registry
 from service.registry import Registry
 from service.repository import install_repository

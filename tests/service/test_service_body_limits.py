@@ -16,7 +16,7 @@ import uvloop
 from starlette.exceptions import HTTPException
 from starlette.types import Message, Receive, Scope, Send
 
-from service.limits import BodyLimit
+from service.body_limits import BodyLimit
 
 RUNNERS: dict[str, Callable[[Coroutine[Any, Any, Any]], Any]] = {
     "asyncio": asyncio.run,
