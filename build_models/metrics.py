@@ -6,6 +6,11 @@ from collections.abc import Sequence
 
 import numpy as np
 
+# Against FP32, the service's compare route measures the same way: one formula for both.
+from service.agreement import cosine_rows as cosine_rows
+from service.agreement import max_abs_diff as max_abs_diff
+from service.agreement import top1_share
+
 
 def top1(outputs: np.ndarray, truth: Sequence[int]) -> float:
     """Share (in %) of rows whose argmax is the true class."""
@@ -14,19 +19,7 @@ def top1(outputs: np.ndarray, truth: Sequence[int]) -> float:
 
 def top1_agreement(outputs: np.ndarray, reference: np.ndarray) -> float:
     """Share (in %) of rows whose argmax over the last axis matches the reference."""
-    return float(np.mean(outputs.argmax(-1) == reference.argmax(-1)) * 100.0)
-
-
-def max_abs_diff(outputs: np.ndarray, reference: np.ndarray) -> float:
-    return float(np.max(np.abs(outputs.astype(np.float64) - reference.astype(np.float64))))
-
-
-def cosine_rows(outputs: np.ndarray, reference: np.ndarray) -> np.ndarray:
-    """Cosine similarity of each row (flattened past the batch axis) to the reference row."""
-    a = outputs.reshape(len(outputs), -1).astype(np.float64)
-    b = reference.reshape(len(reference), -1).astype(np.float64)
-    norms = np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1)
-    return np.sum(a * b, axis=1) / np.maximum(norms, 1e-12)
+    return top1_share(outputs, reference) * 100.0
 
 
 def ranking(outputs: np.ndarray, reference: np.ndarray) -> dict[str, float]:

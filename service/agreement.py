@@ -1,6 +1,8 @@
-"""How far a variant's outputs are from the reference variant's, per task (the compare route).
+"""How far a variant's outputs are from the reference variant's: the arithmetic, and per task.
 
-Which figures mean something depends on what the outputs are: scores whose argmax is the
+The build's accuracy gate (build_models.metrics) and the compare route both measure a variant
+against FP32; the formulas live here once, since the service cannot import the build. Which
+figures the compare route shows depends on what the outputs are: scores whose argmax is the
 answer (classifiers, recognisers, plain tensors) or embeddings whose direction is. That choice
 is a table keyed by the manifest's task, not a branch in the route.
 """
@@ -16,16 +18,32 @@ from service.manifest import Task
 Figures = dict[str, float]
 
 
+def max_abs_diff(outputs: np.ndarray, reference: np.ndarray) -> float:
+    """The largest absolute difference of any value, in float64."""
+    return float(np.max(np.abs(outputs.astype(np.float64) - reference.astype(np.float64))))
+
+
+def top1_share(outputs: np.ndarray, reference: np.ndarray) -> float:
+    """Share (0-1) of rows whose argmax over the last axis matches the reference's."""
+    return float(np.mean(outputs.argmax(-1) == reference.argmax(-1)))
+
+
+def cosine_rows(outputs: np.ndarray, reference: np.ndarray) -> np.ndarray:
+    """Cosine similarity of each row (flattened past the batch axis) to the reference row."""
+    a = outputs.reshape(len(outputs), -1).astype(np.float64)
+    b = reference.reshape(len(reference), -1).astype(np.float64)
+    norms = np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1)
+    return np.sum(a * b, axis=1) / np.maximum(norms, 1e-12)
+
+
 def top1(got: np.ndarray, ref: np.ndarray) -> Figures:
     """Share of rows whose highest score is at the same index."""
-    return {"top1_agreement": float(np.mean(got.argmax(-1) == ref.argmax(-1)))}
+    return {"top1_agreement": top1_share(got, ref)}
 
 
 def cosine(got: np.ndarray, ref: np.ndarray) -> Figures:
     """Mean and worst cosine similarity of the rows."""
-    a, b = got.reshape(len(got), -1), ref.reshape(len(ref), -1)
-    norms = np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1)
-    similarity = np.sum(a * b, axis=1) / np.maximum(norms, 1e-12)
+    similarity = cosine_rows(got, ref)
     return {"cosine_mean": float(similarity.mean()), "cosine_min": float(similarity.min())}
 
 
@@ -38,9 +56,10 @@ def agreement(
 ) -> dict[str, Figures]:
     """Per output: max abs diff always, and the task's own measure."""
     measure = MEASURES.get(task, top1)
-    figures: dict[str, Figures] = {}
-    for name, array in outputs.items():
-        ref = reference[name].astype(np.float64)
-        got = array.astype(np.float64)
-        figures[name] = {"max_abs_diff": float(np.max(np.abs(got - ref))), **measure(got, ref)}
-    return figures
+    return {
+        name: {
+            "max_abs_diff": max_abs_diff(array, reference[name]),
+            **measure(array, reference[name]),
+        }
+        for name, array in outputs.items()
+    }
