@@ -47,11 +47,15 @@ class BuildResult:
     skipped: bool = False
 
 
+SERVICE_MODULES = ("agreement", "manifest", "onbox", "processing", "protocol", "sessions", "specs")
+"""The service modules the build imports: their code decides what a build makes, so it counts."""
+
+
 def inputs_digest(config_path: Path, config: ModelConfig, base: Path) -> str:
     """sha256 over the config, every file it names, and the build code: unchanged -> no rebuild."""
     digest = hashlib.sha256(config_path.read_bytes())
     code = sorted(Path(__file__).parent.rglob("*.py"))
-    code += [Path(__file__).parents[1] / "service" / n for n in ("manifest.py", "processing.py")]
+    code += [Path(__file__).parents[1] / "service" / f"{n}.py" for n in SERVICE_MODULES]
     files = [base / p for p in referenced_files(config)]
     for path in [*code, *files]:
         for item in sorted(path.rglob("*")) if path.is_dir() else [path]:

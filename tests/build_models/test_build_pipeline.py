@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ast
 import json
 import shutil
 from pathlib import Path
@@ -10,6 +11,7 @@ import numpy as np
 import pytest
 
 import build_models.__main__ as cli
+from build_models import pipeline
 from build_models.search import default_variant
 from service.manifest import MANIFEST_FILE, ModelManifest, file_sha256
 from service.sessions import open_session
@@ -192,3 +194,15 @@ def test_model_json_of_another_schema_is_rebuilt(tmp_path: Path) -> None:
     path.write_text(json.dumps({**json.loads(path.read_text()), "schema_version": 1}))
     assert cli.main(["--config", str(config), "--out", str(out)]) == 0
     assert ModelManifest.read(out / "int32-counts").schema_version == 2
+
+
+def test_the_rebuild_digest_covers_every_service_module_the_build_imports() -> None:
+    """A change in service code the build runs (gate metrics, session options) rebuilds."""
+    root = Path(pipeline.__file__).parent
+    imported = {
+        node.module.split(".")[1]
+        for path in root.rglob("*.py")
+        for node in ast.walk(ast.parse(path.read_text()))
+        if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("service.")
+    }
+    assert imported == set(pipeline.SERVICE_MODULES)
