@@ -42,8 +42,14 @@ class EdgeApp(FastAPI):
     edge: ASGIApp | None = None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":  # the lifespan stays inside for the app's whole life
+            await self.framework(scope, receive, send)
+            return
         ARRIVALS.entered()
-        await (self.edge or self.framework)(scope, receive, send)
+        try:
+            await (self.edge or self.framework)(scope, receive, send)
+        finally:
+            ARRIVALS.left()
 
     async def framework(self, scope: Scope, receive: Receive, send: Send) -> None:
         """The FastAPI app itself: routing, docs, error handlers."""

@@ -3,7 +3,10 @@
 uvicorn writes a response's head and its body separately, so every answer cost two `send`
 system calls and two TCP segments: under load on digits the two writes were 15% of the event
 loop's time (py-spy, bench/README.md). Gathering what one turn of the loop writes and sending
-it when the turn ends makes that one call, for a delay of microseconds.
+it when the turn ends makes that one call, for a delay of microseconds. An answer that is
+alone (no other request in the app or on its way, service.arrivals) leaves as soon as its last
+byte is written instead: nothing would join it, and waiting for the turn's end kept its client
+waiting while the request's task unwound (digits at one client, bench/README.md).
 """
 
 from __future__ import annotations
@@ -85,6 +88,13 @@ class CoalescingHttpToolsProtocol(HttpToolsProtocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self.connection.disconnected = True
         super().connection_lost(exc)
+
+    def on_response_complete(self) -> None:
+        # The answer's last bytes are written. Alone, it leaves now: the rest of the request's
+        # work (the app's layers unwinding, the task ending) then overlaps the client's turn.
+        if ARRIVALS.alone:
+            self.transport.flush()  # type: ignore[attr-defined]
+        super().on_response_complete()
 
     def _start_asgi_task(self, cycle: RequestResponseCycle, app: ASGI3Application) -> None:
         cycle.scope["extensions"] = {SCOPE_KEY: {"connection": self.connection}}

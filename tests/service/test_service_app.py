@@ -11,6 +11,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from service.app import create_app
+from service.arrivals import ARRIVALS
 from service.config import Settings
 
 ONE_DIGIT = {"inputs": [{"name": "input", "shape": [1, 1, 8, 8], "datatype": "FP32",
@@ -131,3 +132,17 @@ def test_openapi_task_bodies_are_documented(openapi: dict[str, object]) -> None:
     assert isinstance(components, dict)
     embed = components["schemas"]["EmbedRequest"]["properties"]["sentences"]
     assert embed["examples"]
+
+
+def test_requests_are_counted_in_and_out_of_the_app(model_repository: Path) -> None:
+    """service.arrivals counts the HTTP requests inside the app (the lifespan is not one), so
+    the protocol knows when an answer is alone: none stay counted, whatever their answer."""
+    before = ARRIVALS.inside
+    with TestClient(create_app(Settings(model_repository=model_repository))) as client:
+        wait_ready(client)
+        assert ARRIVALS.inside == before
+        assert client.get("/v2/health/live").status_code == 200
+        assert client.post("/v2/models/digits/infer", json=ONE_DIGIT).status_code == 200
+        assert client.post("/v2/models/nope/infer", json=ONE_DIGIT).status_code == 404
+        assert client.post("/v2/models/digits/infer", content=b"{").status_code == 400
+        assert ARRIVALS.inside == before

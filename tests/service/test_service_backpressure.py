@@ -334,6 +334,7 @@ def test_a_tiny_request_waits_one_loop_turn_for_requests_on_their_way(
             return after_one_step, request.done()
         finally:
             ARRIVALS.entered()
+            ARRIVALS.left()
 
     assert asyncio.run(scenario()) == (False, True)
     lane.close()
