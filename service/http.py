@@ -76,7 +76,8 @@ class CoalescingHttpToolsProtocol(HttpToolsProtocol):
     """uvicorn's httptools protocol on a CoalescingTransport (`uvicorn.Config(http=...)`).
 
     It also counts the request tasks it starts (service.arrivals), which the app counts off as
-    it enters them: the lanes batch tiny requests only when others are on their way. And it
+    it enters them: the lanes batch tiny requests only when others are on their way, and an
+    answer leaves at its last write when no other request is in the app. And it
     gives each request its connection (service.connections): lanes skip the requests of
     clients that have left.
     """
