@@ -2,8 +2,8 @@
 
 The routes that skip FastAPI (service.routes.infer, service.routes.uploads) still owe clients
 the error shape and statuses FastAPI's handlers give (service.errors): one 200 or one
-{"error": ...}, sent in two messages. That, and passing every other request on, is written
-here once instead of in each route.
+{"error": ...}, sent as a head and the body's pieces. That, and passing every other request on,
+is written here once instead of in each route.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from service.errors import client_view, is_modelled
 from service.inference import Inference
-from service.protocol import dumps
+from service.protocol import Body, dumps
 from service.registry import Registry
 
 log = logging.getLogger(__name__)
@@ -24,7 +24,7 @@ log = logging.getLogger(__name__)
 RawHeaders = list[tuple[bytes, bytes]]
 JSON: RawHeaders = [(b"content-type", b"application/json")]
 
-Answer = tuple[bytes, RawHeaders] | None
+Answer = tuple[Body, RawHeaders] | None
 """A route's work done: the body and headers of its 200, or None when the client has gone."""
 
 
@@ -64,14 +64,16 @@ async def answer(scope: Scope, send: Send, work: Awaitable[Answer]) -> None:
         if not is_modelled(exc):
             log.exception("unhandled error on %s %s", scope["method"], scope["path"])
         status, message, extra = client_view(exc)
-        content, headers = dumps({"error": message}), JSON
+        content, headers = [dumps({"error": message})], JSON
     if extra:
         headers = [*headers, *((k.encode(), v.encode()) for k, v in extra.items())]
     await send(
         {
             "type": "http.response.start",
             "status": status,
-            "headers": [*headers, (b"content-length", str(len(content)).encode())],
+            "headers": [*headers, (b"content-length", str(sum(map(len, content))).encode())],
         }
     )
-    await send({"type": "http.response.body", "body": content})
+    for piece in content[:-1]:
+        await send({"type": "http.response.body", "body": piece, "more_body": True})
+    await send({"type": "http.response.body", "body": content[-1]})

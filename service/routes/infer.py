@@ -20,7 +20,13 @@ from service.classification import classify, labels_of
 from service.connections import Connection, connection_of
 from service.errors import BadRequest, PayloadTooLarge
 from service.inference import Inference
-from service.protocol import HEADER_LENGTH, DecodedRequest, decode_request, encode_response
+from service.protocol import (
+    HEADER_LENGTH,
+    Body,
+    DecodedRequest,
+    decode_request,
+    encode_response,
+)
 from service.registry import Registry
 from service.routes.answer import Answer, PlainRoute
 
@@ -41,8 +47,8 @@ async def infer_response(
     header_length: str | None,
     encoding: str | None,
     connection: Connection | None = None,
-) -> tuple[bytes, dict[str, str]]:
-    """One v2 infer call from body bytes to response bytes and headers."""
+) -> tuple[Body, dict[str, str]]:
+    """One v2 infer call from body bytes to the response's pieces and headers."""
     runtime = registry.runtime(model, variant)
     limits = inference.limits
     async with inference.track(runtime), inference.admit(runtime, connection) as admitted:

@@ -51,7 +51,7 @@ class UploadRoute(PlainRoute):
             result = await classify_image(self.inference, entry, runtime, data, top_k, connection)
         else:
             result = await recognize_image(self.inference, entry, runtime, data, connection)
-        return dumps(result), JSON
+        return [dumps(result)], JSON
 
 
 def _top_k(text: str | None) -> int:

@@ -253,7 +253,7 @@ async def infer(
         registry, inference, model, version, await request.body(), *body_headers(request.scope),
         connection_of(request.scope),
     )  # fmt: skip
-    return Response(content=body, headers=headers)
+    return Response(content=b"".join(body), headers=headers)
 
 
 @router.post(

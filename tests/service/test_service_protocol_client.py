@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import tritonclient.http as httpclient
 
-from service.protocol import DATATYPES
+from service.protocol import DATATYPES, DecodedRequest, encode_response
 from service.routes.v2 import _TRITON_TYPES
 
 MODEL = "digits"
@@ -174,3 +174,14 @@ def test_request_compression(
     np.testing.assert_allclose(
         result.as_numpy("logits"), reference("fp32", x), rtol=1e-5, atol=1e-5
     )
+
+
+def test_binary_outputs_leave_as_views_of_the_tensor() -> None:
+    """The answer's pieces are the JSON header and each tensor's own bytes: no copy to send."""
+    logits = np.arange(12, dtype=np.float32).reshape(3, 4)
+    request = DecodedRequest(None, {}, None, binary_outputs={}, binary_default=True)
+    pieces, headers = encode_response(MODEL, "int8", request, {"logits": logits})
+    header, tensor = pieces
+    assert headers["Inference-Header-Content-Length"] == str(len(header))
+    assert np.shares_memory(np.frombuffer(tensor, np.uint8), logits)
+    assert bytes(tensor) == logits.tobytes()
