@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import tritonclient.http as httpclient
 
-from service.protocol import DATATYPES, DecodedRequest, encode_response
+from service.protocol import DATATYPES, JOIN_BELOW_BYTES, DecodedRequest, encode_response
 from service.routes.v2 import _TRITON_TYPES
 
 MODEL = "digits"
@@ -176,12 +176,21 @@ def test_request_compression(
     )
 
 
-def test_binary_outputs_leave_as_views_of_the_tensor() -> None:
-    """The answer's pieces are the JSON header and each tensor's own bytes: no copy to send."""
-    logits = np.arange(12, dtype=np.float32).reshape(3, 4)
+def test_large_binary_outputs_leave_as_views_of_the_tensor() -> None:
+    """A large answer's pieces are the JSON header and the tensor's own bytes: no copy to send."""
+    logits = np.arange(JOIN_BELOW_BYTES // 4, dtype=np.float32).reshape(-1, 16)
     request = DecodedRequest(None, {}, None, binary_outputs={}, binary_default=True)
     pieces, headers = encode_response(MODEL, "int8", request, {"logits": logits})
     header, tensor = pieces
     assert headers["Inference-Header-Content-Length"] == str(len(header))
     assert np.shares_memory(np.frombuffer(tensor, np.uint8), logits)
     assert bytes(tensor) == logits.tobytes()
+
+
+def test_small_binary_outputs_are_joined_behind_the_header() -> None:
+    """A small answer is one piece: a second message would cost more than the copy."""
+    logits = np.arange(12, dtype=np.float32).reshape(3, 4)
+    request = DecodedRequest(None, {}, None, binary_outputs={}, binary_default=True)
+    (body,), headers = encode_response(MODEL, "int8", request, {"logits": logits})
+    length = int(headers["Inference-Header-Content-Length"])
+    assert body[length:] == logits.tobytes()
