@@ -8,7 +8,13 @@ import numpy as np
 import pytest
 import tritonclient.http as httpclient
 
-from service.protocol import DATATYPES, JOIN_BELOW_BYTES, DecodedRequest, encode_response
+from service.protocol import (
+    DATATYPES,
+    HEADER_LENGTH,
+    JOIN_BELOW_BYTES,
+    DecodedRequest,
+    encode_response,
+)
 from service.routes.v2 import _TRITON_TYPES
 
 MODEL = "digits"
@@ -182,7 +188,7 @@ def test_large_binary_outputs_leave_as_views_of_the_tensor() -> None:
     request = DecodedRequest(None, {}, None, binary_outputs={}, binary_default=True)
     pieces, headers = encode_response(MODEL, "int8", request, {"logits": logits})
     header, tensor = pieces
-    assert headers["Inference-Header-Content-Length"] == str(len(header))
+    assert headers[HEADER_LENGTH] == str(len(header))
     assert np.shares_memory(np.frombuffer(tensor, np.uint8), logits)
     assert bytes(tensor) == logits.tobytes()
 
@@ -192,5 +198,5 @@ def test_small_binary_outputs_are_joined_behind_the_header() -> None:
     logits = np.arange(12, dtype=np.float32).reshape(3, 4)
     request = DecodedRequest(None, {}, None, binary_outputs={}, binary_default=True)
     (body,), headers = encode_response(MODEL, "int8", request, {"logits": logits})
-    length = int(headers["Inference-Header-Content-Length"])
+    length = int(headers[HEADER_LENGTH])
     assert body[length:] == logits.tobytes()
