@@ -29,6 +29,8 @@ class Limits:
     max_tensor_bytes: int = int(_DEFAULTS["max_tensor_bytes"].default)
     max_json_values: int = int(_DEFAULTS["max_json_values"].default)
     max_json_output_values: int = int(_DEFAULTS["max_json_output_values"].default)
+    max_request_bytes: int = int(_DEFAULTS["max_request_bytes"].default)
+    """Of the body as sent and, for a compressed one, of what it decompresses to."""
 
     @classmethod
     def of(cls, settings: Settings) -> Limits:
@@ -39,6 +41,7 @@ class Limits:
             max_tensor_bytes=settings.max_tensor_bytes,
             max_json_values=settings.max_json_values,
             max_json_output_values=settings.max_json_output_values,
+            max_request_bytes=settings.max_request_bytes,
         )
 
 

@@ -53,9 +53,7 @@ async def infer_response(
     limits = inference.limits
     async with inference.track(runtime), inference.admit(runtime, connection) as admitted:
         # Admitted before decoding: a request that cannot be served soon costs no decode.
-        decoded = await decode_body(
-            body, header_length, encoding, inference.settings.max_request_bytes, limits
-        )
+        decoded = await decode_body(body, header_length, encoding, limits)
         outputs = await inference.run(runtime, decoded.inputs, decoded.outputs, admitted)
         if decoded.class_counts:
             outputs = classify(outputs, decoded.class_counts, labels_of(registry.entry(model)))
@@ -74,7 +72,6 @@ async def decode_body(
     body: bytes,
     header_length: str | None,
     encoding: str | None,
-    limit: int,
     limits: Limits,
 ) -> DecodedRequest:
     """Decompress and decode; in a worker thread when there is much JSON or gzip to read."""
@@ -84,7 +81,9 @@ async def decode_body(
         return decode_request(body, header_length, limits)
 
     def work() -> DecodedRequest:
-        return decode_request(decompress(body, encoding, limit), header_length, limits)
+        return decode_request(
+            decompress(body, encoding, limits.max_request_bytes), header_length, limits
+        )
 
     return await asyncio.to_thread(work)
 

@@ -309,12 +309,7 @@ async def compare(
 
 
 async def _decode(request: Request, inference: Inference) -> DecodedRequest:
-    return await decode_body(
-        await request.body(),
-        *body_headers(request.scope),
-        inference.settings.max_request_bytes,
-        inference.limits,
-    )
+    return await decode_body(await request.body(), *body_headers(request.scope), inference.limits)
 
 
 def _stats(rt: ModelRuntime) -> dict[str, Any]:
