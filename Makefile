@@ -46,17 +46,23 @@ fmt: venv
 	$(BIN)/ruff check --fix .
 	$(BIN)/ruff format .
 
-# Real Prometheus and headless Chromium for the integration tests (Debian packages; root only).
-# Without them those tests skip and say why. If apt starts Debian's own prometheus service
-# (port 9090) it is left alone: the tests run their own on a free port and stop it by PID.
-SYSTEM_PACKAGES := prometheus chromium curl
-sysdeps:
-	@missing=""; for p in $(SYSTEM_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+# Debian packages, installed with apt-get when root and missing; otherwise say which are missing.
+# $(call apt_install,packages,what happens without them)
+define apt_install
+	@missing=""; for p in $(1); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
 	if [ -z "$$missing" ]; then exit 0; fi; \
 	if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
 		echo "installing$$missing"; \
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends$$missing >/dev/null; \
-	else echo "note: missing$$missing (tests that need them will skip)"; fi
+	else echo "note: missing$$missing ($(2))"; fi
+endef
+
+# Real Prometheus and headless Chromium for the integration tests, wrk for `make bench`'s own
+# tests. If apt starts Debian's own prometheus service (port 9090) it is left alone: the tests
+# run their own on a free port and stop it by PID.
+SYSTEM_PACKAGES := prometheus chromium curl wrk
+sysdeps:
+	$(call apt_install,$(SYSTEM_PACKAGES),tests that need them will skip)
 
 test: lint sysdeps
 	$(BIN)/pytest
@@ -73,9 +79,8 @@ soak: venv $(MODELS_DIR)/report.json
 # The service against ONNX Runtime's floor and a minimal FastAPI endpoint, same core, interleaved
 # (bench/README.md). Needs wrk (a Debian package; installed here when root). BENCH_QUICK=1: minutes.
 bench: venv $(MODELS_DIR)/report.json
-	@command -v wrk >/dev/null || { if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
-		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends wrk >/dev/null; \
-	else echo "bench needs wrk: apt-get install wrk" >&2; exit 1; fi; }
+	$(call apt_install,wrk,bench needs it: apt-get install wrk)
+	@command -v wrk >/dev/null || exit 1
 	$(BIN)/python -m bench --repository $(MODELS_DIR)
 
 # Optional: Seldon MLServer in a venv of its own (it pins its own FastAPI and pydantic), with this
