@@ -46,12 +46,12 @@ fmt: venv
 	$(BIN)/ruff check --fix .
 	$(BIN)/ruff format .
 
-# Debian packages, installed with apt-get when root and missing; otherwise say which are missing.
-# $(call apt_install,packages,what happens without them)
+# A shell command: installs the Debian packages among $(1) that are missing, with apt-get when
+# root; otherwise a note naming them and $(2), what happens without them.
 define apt_install
-	@missing=""; for p in $(1); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
-	if [ -z "$$missing" ]; then exit 0; fi; \
-	if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+missing=""; for p in $(1); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -z "$$missing" ]; then :; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
 		echo "installing$$missing"; \
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends$$missing >/dev/null; \
 	else echo "note: missing$$missing ($(2))"; fi
@@ -62,7 +62,7 @@ endef
 # run their own on a free port and stop it by PID.
 SYSTEM_PACKAGES := prometheus chromium curl wrk
 sysdeps:
-	$(call apt_install,$(SYSTEM_PACKAGES),tests that need them will skip)
+	@$(call apt_install,$(SYSTEM_PACKAGES),tests that need them will skip)
 
 test: lint sysdeps
 	$(BIN)/pytest
@@ -79,8 +79,7 @@ soak: venv $(MODELS_DIR)/report.json
 # The service against ONNX Runtime's floor and a minimal FastAPI endpoint, same core, interleaved
 # (bench/README.md). Needs wrk (a Debian package; installed here when root). BENCH_QUICK=1: minutes.
 bench: venv $(MODELS_DIR)/report.json
-	$(call apt_install,wrk,bench needs it: apt-get install wrk)
-	@command -v wrk >/dev/null || exit 1
+	@command -v wrk >/dev/null || { $(call apt_install,wrk,bench needs it); command -v wrk >/dev/null; }
 	$(BIN)/python -m bench --repository $(MODELS_DIR)
 
 # Optional: Seldon MLServer in a venv of its own (it pins its own FastAPI and pydantic), with this
