@@ -19,6 +19,11 @@ def _log(message: str) -> None:
     print(message, flush=True)
 
 
+def _named(exc: Exception) -> str:
+    """An unexpected error with its type, which often says more than its message."""
+    return f"{type(exc).__name__}: {exc}"
+
+
 def builtin_names() -> list[str]:
     return sorted(p.stem for p in BUILTIN_CONFIGS.glob("*.yaml"))
 
@@ -123,9 +128,10 @@ def main(argv: list[str] | None = None) -> int:
     for path, config, base in configs:
         try:
             results[config.name] = build_model(path, config, base, args.out, _log, args.force)
-        except (ValueError, FileNotFoundError, RuntimeError) as exc:
-            _log(f"[{config.name}] build failed: {exc}")
-            results[config.name] = BuildResult(None, [f"{config.name}: {exc}"])
+        except Exception as exc:  # one model's failure (bad data, ORT's own errors) is reported
+            message = str(exc) if isinstance(exc, ValueError | OSError) else _named(exc)
+            _log(f"[{config.name}] build failed: {message}")
+            results[config.name] = BuildResult(None, [f"{config.name}: {message}"])
 
     write_report(args.out, results)
     print((args.out / "report.md").read_text(), flush=True)

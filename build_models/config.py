@@ -17,6 +17,7 @@ from pydantic import (
     model_validator,
 )
 
+from build_models.metrics import METRICS
 from build_models.recipe import CalibrationMethod, QuantType
 from service.manifest import Task
 
@@ -139,16 +140,33 @@ class DataConfig(_Config):
 
 
 class BudgetConfig(_Config):
-    """An accuracy budget: a floor, or a largest drop below FP32's value, or both."""
+    """An accuracy budget: a floor, or a largest drop below FP32's value, or both.
 
-    metric: str
+    Error metrics (max_abs_diff) are bounded from above: max_value, max_rise, or both.
+    """
+
+    metric: str = Field(description=f"one of {', '.join(METRICS)}")
     max_drop: float | None = Field(None, ge=0, description="points (or fraction) below FP32")
     min_value: float | None = None
+    max_rise: float | None = Field(None, ge=0, description="error metrics: above FP32")
+    max_value: float | None = Field(None, description="error metrics: the largest allowed")
 
     @model_validator(mode="after")
     def _bounded(self) -> BudgetConfig:
-        if self.max_drop is None and self.min_value is None:
-            raise ValueError("give max_drop or min_value")
+        metric = METRICS.get(self.metric)
+        if metric is None:
+            raise ValueError(f"unknown metric {self.metric!r}; choose from {', '.join(METRICS)}")
+        floor = [k for k in ("min_value", "max_drop") if getattr(self, k) is not None]
+        ceiling = [k for k in ("max_value", "max_rise") if getattr(self, k) is not None]
+        if metric.higher_is_better and (ceiling or not floor):
+            raise ValueError(f"{self.metric} is better higher: give min_value or max_drop")
+        if not metric.higher_is_better and (floor or not ceiling):
+            raise ValueError(f"{self.metric} is an error, better lower: give max_value or max_rise")
+        if metric.percent and self.min_value is not None and 0 < self.min_value <= 1:
+            raise ValueError(
+                f"{self.metric} is a percentage (0-100): min_value {self.min_value:g} means "
+                f"{self.min_value:g}%; write {self.min_value * 100:g} for {self.min_value:.0%}"
+            )
         return self
 
 
@@ -214,6 +232,11 @@ class ModelConfig(_Config):
     labels: list[str] | None = None
     labels_file: Path | None = Field(None, description="one label per line")
     labels_from_metadata: str | None = Field(None, description="ONNX metadata key, one per line")
+    scores: Literal["logits", "probabilities"] | None = Field(
+        None,
+        description="what a classifier's output holds; default: probabilities when the graph "
+        "ends in Softmax, else logits",
+    )
     preprocessing: ImagePreprocessingConfig | None = None
     text: TextConfig | None = None
     ctc: CtcConfig | None = None
@@ -244,6 +267,8 @@ class ModelConfig(_Config):
             raise ValueError("text-embedding takes sentences: remove 'preprocessing'")
         if self.task == "tensor" and (self.preprocessing or self.text or self.ctc):
             raise ValueError("a tensor model has no pre/post-processing")
+        if self.scores is not None and self.task not in ("image-classification", "tensor"):
+            raise ValueError(f"scores is for classifiers; a {self.task} model has none")
         reserved = {"fp32", "int8", "int8-dynamic"} & set(self.variants)
         if reserved:
             raise ValueError(f"variants {sorted(reserved)} are built here; pick other names")
@@ -306,9 +331,11 @@ def _explain(exc: ValidationError) -> str:
         shown = "" if isinstance(given, dict | list) else f" (got {given!r})"
         found.setdefault(where, []).append((error["type"], f"  {where}: {error['msg']}{shown}"))
     lines: list[str] = []
-    for errors in found.values():
-        real = [line for kind, line in errors if kind not in _WRONG_BRANCH] or [errors[0][1]]
-        lines.extend(dict.fromkeys(real))
+    for where, errors in found.items():
+        real = [line for kind, line in errors if kind not in _WRONG_BRANCH]
+        if not real and any(other.startswith(f"{where}.") for other in found):
+            continue  # the union's other shape; the real problem is named deeper
+        lines.extend(dict.fromkeys(real or [errors[0][1]]))
     return "\n".join(lines)
 
 

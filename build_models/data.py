@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -75,7 +76,10 @@ def image_folder(folder: Path) -> Dataset:
     if not folder.is_dir():
         raise ValueError(f"{folder} is not a folder of images")
     files = sorted(
-        p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES
+        Path(root, name)
+        for root, _, names in os.walk(folder, followlinks=True)  # label folders may be links
+        for name in names
+        if Path(name).suffix.lower() in IMAGE_SUFFIXES
     )
     truth: list[str] | None = None
     table = folder / TRUTH_FILE
@@ -93,14 +97,29 @@ def image_folder(folder: Path) -> Dataset:
     return Dataset(images=images, truth=truth)
 
 
+NPZ_FORMAT = "an .npz archive (numpy.savez) of one array per graph input, batch first"
+
+
 def npz_tensors(path: Path) -> Dataset:
     """One array per graph input, batch on axis 0; an optional `labels` array gives the truth."""
-    with np.load(path) as arrays:
+    try:
+        loaded = np.load(path)
+    except (OSError, ValueError) as exc:
+        raise ValueError(f"{path}: cannot read it as {NPZ_FORMAT} ({exc})") from None
+    if not isinstance(loaded, np.lib.npyio.NpzFile):
+        raise ValueError(f"{path}: one bare array; tensors need {NPZ_FORMAT}")
+    with loaded as arrays:
         tensors = {name: arrays[name] for name in arrays.files if name != "labels"}
         truth = [str(v) for v in arrays["labels"]] if "labels" in arrays.files else None
+    if not tensors:
+        raise ValueError(f"{path}: no arrays besides 'labels'; tensors need {NPZ_FORMAT}")
+    if any(v.ndim == 0 for v in tensors.values()):
+        raise ValueError(f"{path}: a scalar array; tensors need {NPZ_FORMAT}")
     sizes = {len(v) for v in tensors.values()}
     if len(sizes) != 1:
         raise ValueError(f"{path}: arrays disagree on the batch axis: {sorted(sizes)}")
+    if truth is not None and len(truth) not in sizes:
+        raise ValueError(f"{path}: {len(truth)} labels for {sizes.pop()} rows")
     return Dataset(tensors=tensors, truth=truth)
 
 

@@ -20,7 +20,14 @@ from build_models.config import ModelConfig, OnnxSource, PluginSource, reference
 from build_models.data import Dataset, load_dataset
 from build_models.evaluate import first_output, interleaved_latency_ms, op_counts
 from build_models.plugins import SourceOutput, source_plugin
-from build_models.search import FP32, Candidate, Search, default_variant, dynamic_recipe
+from build_models.search import (
+    FP32,
+    Candidate,
+    Search,
+    default_variant,
+    dynamic_recipe,
+    gate,
+)
 from build_models.tasks import TaskAdapter
 from service.manifest import ModelManifest, Variant, file_sha256
 from service.sessions import open_session
@@ -128,6 +135,12 @@ def _build(config: ModelConfig, base: Path, model_dir: Path, log: Log, digest: s
 
     fp32_accuracy = score(reference)
     budgets = config.budgets or adapter.default_budgets(truth is not None)
+    gate(fp32_accuracy, fp32_accuracy, budgets)  # a metric this model lacks fails here, early
+    if len(adapter.outputs) > 1:
+        log(
+            f"[{name}] the gate scores the first output, {adapter.outputs[0].name!r}; "
+            f"the other {len(adapter.outputs) - 1} are served but not scored"
+        )
     latency_feeds = {b: _latency_feed(adapter, evaluation, b) for b in _batches(adapter)}
     search = Search(
         fp32_path=fp32_path,
@@ -203,9 +216,9 @@ def _build(config: ModelConfig, base: Path, model_dir: Path, log: Log, digest: s
         variants=variants,
     )
     failures = [
-        f"{name}/{variant_name}: {check.metric} = {check.value:.4g} "
-        f"(fp32 {check.reference if check.reference is None else f'{check.reference:.4g}'}), "
-        f"needs {check.rule} = {check.bound:.4g}"
+        f"{name}/{variant_name}: {check.metric} = {check.value:.6g} "
+        f"(fp32 {check.reference if check.reference is None else f'{check.reference:.6g}'}), "
+        f"needs {check.rule} = {check.bound:.6g}"
         for variant_name, variant in variants.items()
         for check in variant.gate
         if not check.passed

@@ -81,15 +81,29 @@ Recipe = StaticRecipe | DynamicRecipe
 
 @dataclass(frozen=True)
 class Budget:
-    """An accuracy budget: a variant's metric must stay above a floor or near FP32's value."""
+    """An accuracy budget: a metric must stay above a floor or near FP32's value.
+
+    Error metrics (lower is better) take a ceiling instead: max_value, or max_rise over FP32's.
+    """
 
     metric: str
     min_value: float | None = None
     max_drop: float | None = None
+    max_value: float | None = None
+    max_rise: float | None = None
 
     def __post_init__(self) -> None:
-        if self.min_value is None and self.max_drop is None:
-            raise ValueError(f"budget for {self.metric} needs min_value or max_drop")
+        floor = self.min_value is not None or self.max_drop is not None
+        ceiling = self.max_value is not None or self.max_rise is not None
+        if floor == ceiling:
+            raise ValueError(
+                f"budget for {self.metric} needs min_value/max_drop (higher is better) "
+                "or max_value/max_rise (lower is better)"
+            )
+
+    @property
+    def higher_is_better(self) -> bool:
+        return self.max_value is None and self.max_rise is None
 
     def rule(self) -> str:
         parts = []
@@ -97,18 +111,25 @@ class Budget:
             parts.append(f"{self.metric} >= {self.min_value:g}")
         if self.max_drop is not None:
             parts.append(f"{self.metric} >= fp32 - {self.max_drop:g}")
+        if self.max_value is not None:
+            parts.append(f"{self.metric} <= {self.max_value:g}")
+        if self.max_rise is not None:
+            parts.append(f"{self.metric} <= fp32 + {self.max_rise:g}")
         return " and ".join(parts)
 
     def bound(self, reference: float | None) -> float:
-        """The lowest passing value, given FP32's value of the metric."""
-        bounds = []
-        if self.min_value is not None:
-            bounds.append(self.min_value)
-        if self.max_drop is not None and reference is not None:
-            bounds.append(reference - self.max_drop)
+        """The last passing value (lowest, or highest for an error), given FP32's value."""
+        if self.higher_is_better:
+            fixed = self.min_value
+            relative = None if self.max_drop is None else -self.max_drop
+        else:
+            fixed, relative = self.max_value, self.max_rise
+        bounds = [fixed] if fixed is not None else []
+        if relative is not None and reference is not None:
+            bounds.append(reference + relative)
         if not bounds:
             raise ValueError(f"budget for {self.metric} is relative, but FP32 has no value")
-        return max(bounds)
+        return max(bounds) if self.higher_is_better else min(bounds)
 
 
 def _jsonable(value: Any) -> Any:

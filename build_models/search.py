@@ -21,6 +21,7 @@ import onnx
 from build_models.calibration import Feed, FeedReader
 from build_models.config import BudgetConfig, DynamicConfig, QuantizationConfig, RecipeConfig
 from build_models.evaluate import first_output, interleaved_latency_ms
+from build_models.metrics import METRICS
 from build_models.plugins import edit_plugin, rule_plugin
 from build_models.quantize import preprocess, quantize_dynamic_int8, quantize_static_qdq
 from build_models.recipe import Budget, DynamicRecipe, StaticRecipe
@@ -44,6 +45,16 @@ def default_candidates() -> list[RecipeConfig]:
         RecipeConfig(name="u8s8-conv-matmul", op_types_to_quantize=["Conv", "MatMul", "Gemm"]),
         RecipeConfig(name="u8s8-per-tensor", per_channel=False),
     ]
+
+
+def may_saturate(recipe: StaticRecipe) -> bool:
+    """U8 x S8 with 8-bit weights: x86 without VNNI can saturate (ORT's quantization docs).
+
+    Its cure, reduce_range (7-bit weights), costs no speed; it is tried before the fallback
+    moves nodes to FP32, which does.
+    """
+    u8s8 = recipe.activation_type == "QUInt8" and recipe.weight_type == "QInt8"
+    return u8s8 and not recipe.reduce_range
 
 
 def calibration_stride(batches: int, most: int = 4) -> int:
@@ -89,17 +100,34 @@ def dynamic_recipe(config: DynamicConfig) -> DynamicRecipe:
     )
 
 
+def budget_of(config: BudgetConfig) -> Budget:
+    """The budget a config states."""
+    return Budget(
+        config.metric,
+        min_value=config.min_value,
+        max_drop=config.max_drop,
+        max_value=config.max_value,
+        max_rise=config.max_rise,
+    )
+
+
 def gate(
     accuracy: dict[str, float], reference: dict[str, float], budgets: Sequence[BudgetConfig]
 ) -> list[GateCheck]:
     """Check one variant's accuracy against its budgets (FP32 is the reference)."""
     checks = []
     for config in budgets:
-        budget = Budget(config.metric, min_value=config.min_value, max_drop=config.max_drop)
+        budget = budget_of(config)
         if config.metric not in accuracy:
+            needs = (
+                "; it needs ground truth in the evaluation data (label-named image folders, "
+                "a labels.tsv, or a 'labels' array in the .npz)"
+                if METRICS[config.metric].needs_truth
+                else ""
+            )
             raise ValueError(
                 f"budget metric {config.metric!r} is not measured for this model "
-                f"(measured: {', '.join(accuracy)})"
+                f"(measured: {', '.join(accuracy)}){needs}"
             )
         value = accuracy[config.metric]
         ref = reference.get(config.metric)
@@ -110,7 +138,7 @@ def gate(
                 value=value,
                 reference=ref,
                 bound=bound,
-                passed=value >= bound,
+                passed=METRICS[config.metric].margin(value, bound) >= 0,
                 rule=budget.rule(),
             )
         )
@@ -191,6 +219,13 @@ class Search:
                 prepared[skip] = self.workdir / f"preprocessed-{int(skip)}.onnx"
                 preprocess(self.fp32_path, prepared[skip], skip_symbolic_shape=skip)
             candidate = self._static_candidate(recipe, prepared[skip], f"c{index}")
+            if not candidate.passed and may_saturate(recipe):
+                recipe = dataclasses.replace(
+                    recipe, name=f"{recipe.name}-reduce-range", reduce_range=True
+                )
+                candidate = self._static_candidate(
+                    recipe, prepared[skip], f"c{index}-rr", "7-bit weights, as ORT advises"
+                )
             if not candidate.passed and config.fallback.enabled:
                 candidate = self._fall_back(candidate, recipe, prepared[skip], config, index)
         static = [c for c in self.tried if c.quantization and c.quantization["method"] == "static"]
@@ -237,7 +272,7 @@ class Search:
             name, variant, path, described, accuracy, checks, latency, path.stat().st_size
         )
         self.tried.append(candidate)
-        budget = ", ".join(f"{c.metric} {c.value:.4g} (needs {c.bound:.4g})" for c in checks)
+        budget = ", ".join(f"{c.metric} {c.value:.6g} (needs {c.bound:.6g})" for c in checks)
         self.log(
             f"    {budget}; {'pass' if candidate.passed else 'MISS'}; "
             f"{latency[1][0]:.3f} ms vs fp32 {latency[1][1]:.3f} ms (batch 1)"
@@ -282,11 +317,15 @@ def choose(candidates: Sequence[Candidate]) -> Candidate | None:
         best = max(passing, key=lambda c: c.speedup)
         why = f"kept: the fastest of {len(passing)} passing ({best.speedup:.2f}x fp32)"
     else:
-        best = max(candidates, key=lambda c: min(ch.value - ch.bound for ch in c.gate))
+        best = max(candidates, key=lambda c: min(_margin(ch) for ch in c.gate))
         why = "kept: none passed; nearest to its budget"
     best.chosen = True
     best.note = "; ".join(part for part in (best.note, why) if part)
     return best
+
+
+def _margin(check: GateCheck) -> float:
+    return METRICS[check.metric].margin(check.value, check.bound)
 
 
 def default_variant(latency_ms: dict[str, float], passing: Sequence[str]) -> tuple[str, str]:

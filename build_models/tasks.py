@@ -7,6 +7,7 @@ import shutil
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import onnx
@@ -54,6 +55,14 @@ def graph_specs(session: ort.InferenceSession) -> tuple[list[TensorSpec], list[T
     return [spec(a) for a in session.get_inputs()], [spec(a) for a in session.get_outputs()]
 
 
+def _fits(array: tuple[int, ...], graph: list[int]) -> bool:
+    """Do an array's rows fit a graph input's shape (-1 any size; no shape: anything)?"""
+    if not graph:
+        return True
+    rows, wanted = array[1:], graph[1:]
+    return len(rows) == len(wanted) and all(w in (-1, r) for r, w in zip(rows, wanted, strict=True))
+
+
 @dataclass
 class TaskAdapter:
     """One model's task, bound to its config and its FP32 graph."""
@@ -87,11 +96,16 @@ class TaskAdapter:
                     f"{task} needs one 4-D image input; the graph takes "
                     f"{[(s.name, s.shape) for s in self.inputs]}"
                 )
-        if task == "image-classification" and self.labels is not None:
-            classes = self.outputs[0].shape[-1]
-            if classes not in (-1, len(self.labels)):
+        if task in ("image-classification", "tensor") and self.labels is not None:
+            shape = self.outputs[0].shape
+            if task == "tensor" and (len(shape) != 2 or shape[1] == 1):
                 raise ValueError(
-                    f"{len(self.labels)} labels, but the model scores {classes} classes"
+                    f"labels name the classes of a [batch, classes] output; the model's "
+                    f"{self.outputs[0].name!r} is {shape}"
+                )
+            if shape[-1] not in (-1, len(self.labels)):
+                raise ValueError(
+                    f"{len(self.labels)} labels, but the model scores {shape[-1]} classes"
                 )
         if task == "text-embedding":
             missing = sorted(set(self.token_inputs) - {s.name for s in self.inputs})
@@ -116,8 +130,7 @@ class TaskAdapter:
             lines = (self.base / config.labels_file).read_text().splitlines()
             return [line for line in lines if line.strip()]
         if config.labels_from_metadata is not None:
-            model = onnx.load(str(self.fp32_path), load_external_data=False)
-            metadata = {p.key: p.value for p in model.metadata_props}
+            metadata = {p.key: p.value for p in self._graph.metadata_props}
             if config.labels_from_metadata not in metadata:
                 raise ValueError(
                     f"the model has no metadata key {config.labels_from_metadata!r} "
@@ -125,6 +138,21 @@ class TaskAdapter:
                 )
             return metadata[config.labels_from_metadata].splitlines()
         return None
+
+    @cached_property
+    def scores(self) -> Literal["logits", "probabilities"]:
+        """What the classifier's output holds: as configured, else read off the graph's end."""
+        if self.config.scores is not None:
+            return self.config.scores
+        graph = self._graph.graph
+        output = self.outputs[0].name
+        producers = [node.op_type for node in graph.node if output in node.output]
+        return "probabilities" if producers == ["Softmax"] else "logits"
+
+    @cached_property
+    def _graph(self) -> onnx.ModelProto:
+        """The FP32 graph without its weights (read once)."""
+        return onnx.load(str(self.fp32_path), load_external_data=False)
 
     @property
     def charset(self) -> list[str]:
@@ -179,6 +207,12 @@ class TaskAdapter:
                 f"channels {pre.channels} give {expected} planes, the model takes {channels}"
                 f" ({layout})"
             )
+        for key, values in (("mean", pre.mean), ("std", pre.std)):
+            if len(values) not in (1, expected):
+                raise ValueError(
+                    f"preprocessing.{key} has {len(values)} values; channels {pre.channels} "
+                    f"give {expected} planes: give 1 value or {expected}"
+                )
         resize = (
             "keep-aspect-pad-right"
             if pre.keep_aspect
@@ -201,12 +235,12 @@ class TaskAdapter:
 
     def postprocessing(self) -> Postprocessing | None:
         task = self.config.task
-        if task == "image-classification":
+        if task == "image-classification" or (task == "tensor" and self.labels is not None):
             classes = self.outputs[0].shape[-1]
             labels = self.labels or [str(i) for i in range(max(classes, 0))]
             if not labels:
                 raise ValueError("the model's class count is dynamic: give labels")
-            return SoftmaxPostprocessing(labels=labels)
+            return SoftmaxPostprocessing(labels=labels, scores=self.scores)
         if task == "text-recognition":
             ctc = self.config.ctc or CtcConfig()
             return CtcPostprocessing(charset=CHARSET_FILE, blank_index=ctc.blank_index)
@@ -262,6 +296,11 @@ class TaskAdapter:
                     f"the tensors have no array {spec.name!r} (they have {sorted(dataset.tensors)})"
                 )
             array = dataset.tensors[spec.name][start:end]
+            if not _fits(array.shape, spec.shape):
+                raise ValueError(
+                    f"array {spec.name!r} has rows of shape {list(array.shape[1:])}; the model's "
+                    f"input {spec.name!r} is {spec.shape} (batch first, -1: any size)"
+                )
             want = DATATYPES[spec.datatype]
             if not np.can_cast(array.dtype, want, casting="same_kind"):
                 raise ValueError(f"array {spec.name!r} is {array.dtype}, the model takes {want}")
@@ -280,51 +319,69 @@ class TaskAdapter:
     ) -> dict[str, float]:
         """Accuracy of one variant's first output: against the truth where known, and FP32."""
         task = self.config.task
-        if task == "image-classification":
-            scores = {"top1_agreement": metrics.top1_agreement(outputs, fp32)}
-            if truth is not None:
-                labels = self.postprocessing().labels  # type: ignore[union-attr]
-                index = {label: i for i, label in enumerate(labels)}
-                unknown = sorted(set(truth) - set(index))
-                if unknown:
-                    raise ValueError(
-                        f"evaluation labels {unknown} are not among the model's labels"
-                    )
-                scores = {"top1": metrics.top1(outputs, [index[t] for t in truth]), **scores}
-            return {**scores, "max_abs_diff": metrics.max_abs_diff(outputs, fp32)}
         if task == "text-recognition":
             charset, blank = self.charset, (self.config.ctc or CtcConfig()).blank_index
             texts = [ctc_greedy(row, charset, blank).text for row in outputs]
             reference = [ctc_greedy(row, charset, blank).text for row in fp32]
-            scores = metrics.strings(texts, truth) if truth is not None else {}
+            exact = metrics.strings(texts, truth) if truth is not None else {}
             agreement = float(np.mean([a == b for a, b in zip(texts, reference, strict=True)]))
             return {
-                **scores,
+                **exact,
                 "string_agreement": agreement * 100.0,
                 "top1_agreement": metrics.top1_agreement(outputs, fp32),
             }
-        cosine = metrics.cosine_rows(outputs, fp32)
-        scores = {"cosine_mean": float(cosine.mean()), "cosine_min": float(cosine.min())}
         if task == "text-embedding":
-            return {**scores, **metrics.ranking(outputs, fp32)}
-        if outputs.ndim == 2:
-            scores = {"top1_agreement": metrics.top1_agreement(outputs, fp32), **scores}
+            cosine = metrics.cosine_rows(outputs, fp32)
+            return {
+                "cosine_mean": float(cosine.mean()),
+                "cosine_min": float(cosine.min()),
+                **metrics.ranking(outputs, fp32),
+            }
+        scores: dict[str, float] = {}
+        if metrics.has_classes(outputs):
+            if truth is not None and outputs.ndim == 2:  # one label per row
+                scores["top1"] = metrics.top1(outputs, self.class_indices(truth, outputs.shape[-1]))
+            scores["top1_agreement"] = metrics.top1_agreement(outputs, fp32)
+        if task == "tensor":
+            if outputs[0].size > 1:
+                cosine = metrics.cosine_rows(outputs, fp32)
+                scores["cosine_mean"] = float(cosine.mean())
+                scores["cosine_min"] = float(cosine.min())
+            scores["r2_agreement"] = metrics.r2_agreement(outputs, fp32)
         return {**scores, "max_abs_diff": metrics.max_abs_diff(outputs, fp32)}
+
+    def class_indices(self, truth: list[str], classes: int) -> list[int]:
+        """Ground-truth labels as class indices: by the model's labels, or as index numbers."""
+        labels = self.labels or [str(i) for i in range(classes)]
+        index = {label: i for i, label in enumerate(labels)}
+        if all(t in index for t in truth):
+            return [index[t] for t in truth]
+        if all(t.isdigit() and int(t) < classes for t in truth):
+            return [int(t) for t in truth]
+        unknown = sorted(set(truth) - set(index))
+        named = "the config's labels" if self.labels else "no labels given, so class numbers"
+        raise ValueError(
+            f"evaluation labels {unknown[:8]} are neither the model's labels ({named}: "
+            f"{labels[:8]}) nor class numbers below {classes}"
+        )
 
     def default_budgets(self, has_truth: bool) -> list[BudgetConfig]:
         """Budgets when the config gives none: the task's usual metric, near FP32."""
         task = self.config.task
-        if task == "image-classification":
-            if has_truth:
-                return [BudgetConfig(metric="top1", max_drop=1.0)]
-            return [BudgetConfig(metric="top1_agreement", min_value=99.0)]
         if task == "text-recognition":
             if has_truth:
                 return [BudgetConfig(metric="char_accuracy", max_drop=1.0)]
             return [BudgetConfig(metric="string_agreement", min_value=95.0)]
-        if task == "text-embedding" or len(self.outputs[0].shape) != 2:
+        if task == "text-embedding":
             return [BudgetConfig(metric="cosine_mean", min_value=0.99)]
-        return [BudgetConfig(metric="top1_agreement", min_value=99.0)]
+        shape = self.outputs[0].shape
+        if task == "image-classification" or (len(shape) == 2 and shape[1] != 1):
+            if has_truth:
+                return [BudgetConfig(metric="top1", max_drop=1.0)]
+            return [BudgetConfig(metric="top1_agreement", min_value=99.0)]
+        if len(shape) <= 2:  # one value per row: a regressor
+            return [BudgetConfig(metric="r2_agreement", min_value=99.0)]
+        return [BudgetConfig(metric="cosine_mean", min_value=0.99)]
 
     # --- samples --------------------------------------------------------------------------
 

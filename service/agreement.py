@@ -3,8 +3,9 @@
 The build's accuracy gate (build_models.metrics) and the compare route both measure a variant
 against FP32; the formulas live here once, since the service cannot import the build. Which
 figures the compare route shows depends on what the outputs are: scores whose argmax is the
-answer (classifiers, recognisers, plain tensors) or embeddings whose direction is. That choice
-is a table keyed by the manifest's task, not a branch in the route.
+answer (classifiers, recognisers, plain tensors), embeddings whose direction is, or single
+values per row (regressors), where only the distance means anything. That choice is a table
+keyed by the manifest's task and the output's shape, not a branch in the route.
 """
 
 from __future__ import annotations
@@ -28,6 +29,11 @@ def top1_share(outputs: np.ndarray, reference: np.ndarray) -> float:
     return float(np.mean(outputs.argmax(-1) == reference.argmax(-1)))
 
 
+def has_classes(outputs: np.ndarray) -> bool:
+    """Scores over more than one class on the last axis: their argmax is an answer."""
+    return outputs.ndim >= 2 and outputs.shape[-1] > 1
+
+
 def cosine_rows(outputs: np.ndarray, reference: np.ndarray) -> np.ndarray:
     """Cosine similarity of each row (flattened past the batch axis) to the reference row."""
     a = outputs.reshape(len(outputs), -1).astype(np.float64)
@@ -41,6 +47,11 @@ def top1(got: np.ndarray, ref: np.ndarray) -> Figures:
     return {"top1_agreement": top1_share(got, ref)}
 
 
+def values(got: np.ndarray, ref: np.ndarray) -> Figures:
+    """Nothing past max abs diff: a value per row has no argmax, and a few rows no spread."""
+    return {}
+
+
 def cosine(got: np.ndarray, ref: np.ndarray) -> Figures:
     """Mean and worst cosine similarity of the rows."""
     similarity = cosine_rows(got, ref)
@@ -48,18 +59,21 @@ def cosine(got: np.ndarray, ref: np.ndarray) -> Figures:
 
 
 MEASURES: dict[Task, Callable[[np.ndarray, np.ndarray], Figures]] = {"text-embedding": cosine}
-"""The measure per task where it is not top-1 agreement."""
+"""The measure per task where it is not top-1 agreement (classes) or none (plain values)."""
 
 
 def agreement(
     task: Task, outputs: Mapping[str, np.ndarray], reference: Mapping[str, np.ndarray]
 ) -> dict[str, Figures]:
-    """Per output: max abs diff always, and the task's own measure."""
-    measure = MEASURES.get(task, top1)
+    """Per output: max abs diff always, and the task's own measure (or the output's)."""
+
+    def measure(array: np.ndarray) -> Callable[[np.ndarray, np.ndarray], Figures]:
+        return MEASURES.get(task) or (top1 if has_classes(array) else values)
+
     return {
         name: {
             "max_abs_diff": max_abs_diff(array, reference[name]),
-            **measure(array, reference[name]),
+            **measure(array)(array, reference[name]),
         }
         for name, array in outputs.items()
     }

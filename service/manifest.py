@@ -62,10 +62,11 @@ Preprocessing = Annotated[ImagePreprocessing | TextPreprocessing, Field(discrimi
 
 
 class SoftmaxPostprocessing(_Model):
-    """Logits to labels with probabilities."""
+    """Class scores to labels with probabilities (softmax of logits; probabilities as they are)."""
 
     kind: Literal["softmax"] = "softmax"
     labels: list[str]
+    scores: Literal["logits", "probabilities"] = "logits"
 
 
 class CtcPostprocessing(_Model):

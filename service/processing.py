@@ -119,12 +119,15 @@ class Processor:
         """The first input's numpy type (FP32 for most image models, UINT8 for some)."""
         return DATATYPES.get(self.manifest.inputs[0].datatype, np.dtype(np.float32))
 
-    def classify(self, logits: np.ndarray, count: int) -> list[list[LabelScore]]:
-        """Each row's `count` most probable labels (softmax of the logits), best first."""
+    def classify(self, scores: np.ndarray, count: int) -> list[list[LabelScore]]:
+        """Each row's `count` most probable labels, best first (softmax unless they are already)."""
         post = self.manifest.postprocessing
         assert isinstance(post, SoftmaxPostprocessing)
-        shifted = np.exp(logits - logits.max(axis=-1, keepdims=True))
-        probabilities = shifted / shifted.sum(axis=-1, keepdims=True)
+        if post.scores == "probabilities":
+            probabilities = scores
+        else:
+            shifted = np.exp(scores - scores.max(axis=-1, keepdims=True))
+            probabilities = shifted / shifted.sum(axis=-1, keepdims=True)
         return [
             [LabelScore(post.labels[i], float(row[i])) for i in best]
             for row, best in zip(probabilities, top_k(probabilities, count), strict=True)

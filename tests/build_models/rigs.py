@@ -53,21 +53,29 @@ def dead_unit_mlp(path: Path) -> None:
     )
 
 
-def int32_counts_model(path: Path, opset: int = 17) -> None:
-    """counts INT32 [N, 6] -> Cast -> MatMul -> Relu -> MatMul -> scores [N, 3]."""
+def int32_counts_model(
+    path: Path, opset: int = 17, classes: int = 3, softmax: bool = False
+) -> None:
+    """counts INT32 [N, 6] -> Cast -> MatMul -> Relu -> MatMul [-> Softmax] -> scores [N, 3].
+
+    With classes=1 it is a regressor: one value per row.
+    """
     rng = np.random.default_rng(1)
     w0 = rng.standard_normal((6, 32)).astype(np.float32) / 4
-    w1 = rng.standard_normal((32, 3)).astype(np.float32)
+    w1 = rng.standard_normal((32, classes)).astype(np.float32)
+    last = "logits" if softmax else "scores"
     nodes = [
         helper.make_node("Cast", ["counts"], ["f"], name="cast", to=TensorProto.FLOAT),
         helper.make_node("MatMul", ["f", "w0"], ["h"], name="fc0"),
         helper.make_node("Relu", ["h"], ["r"], name="relu"),
-        helper.make_node("MatMul", ["r", "w1"], ["scores"], name="fc1"),
+        helper.make_node("MatMul", ["r", "w1"], [last], name="fc1"),
     ]
+    if softmax:
+        nodes.append(helper.make_node("Softmax", [last], ["scores"], name="softmax", axis=-1))
     _save(
         nodes,
         [helper.make_tensor_value_info("counts", TensorProto.INT32, ["N", 6])],
-        [helper.make_tensor_value_info("scores", TensorProto.FLOAT, ["N", 3])],
+        [helper.make_tensor_value_info("scores", TensorProto.FLOAT, ["N", classes])],
         [numpy_helper.from_array(w0, "w0"), numpy_helper.from_array(w1, "w1")],
         path,
         opset,
@@ -75,19 +83,32 @@ def int32_counts_model(path: Path, opset: int = 17) -> None:
 
 
 def tensor_project(
-    folder: Path, model: str = "dead_unit", opset: int = 17, **overrides: Any
+    folder: Path,
+    model: str = "dead_unit",
+    opset: int = 17,
+    classes: int = 3,
+    softmax: bool = False,
+    truth: list[str] | None = None,
+    calibration_scale: int = 1,
+    **overrides: Any,
 ) -> Path:
-    """A user's folder: model.onnx, calib.npz, eval.npz and model.yaml; returns the YAML path."""
+    """A user's folder: model.onnx, calib.npz, eval.npz and model.yaml; returns the YAML path.
+
+    `truth` (cycled over the rows) becomes eval.npz's labels array; calibration_scale shrinks
+    the calibration data, as a user's mistake would, so its ranges miss the real data's.
+    """
     folder.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(2)
     if model == "dead_unit":
         dead_unit_mlp(folder / "model.onnx")
         make = lambda n: {"x": rng.standard_normal((n, 8)).astype(np.float32)}  # noqa: E731
     else:
-        int32_counts_model(folder / "model.onnx", opset)
+        int32_counts_model(folder / "model.onnx", opset, classes, softmax)
         make = lambda n: {"counts": rng.integers(0, 20, (n, 6)).astype(np.int32)}  # noqa: E731
-    np.savez(folder / "calib.npz", **make(64))
-    np.savez(folder / "eval.npz", **make(128))
+    calibration = {k: v // calibration_scale for k, v in make(64).items()}
+    np.savez(folder / "calib.npz", **calibration)
+    labels = {"labels": np.array([truth[i % len(truth)] for i in range(128)])} if truth else {}
+    np.savez(folder / "eval.npz", **make(128), **labels)
     config: dict[str, Any] = {
         "name": model.replace("_", "-"),
         "task": "tensor",

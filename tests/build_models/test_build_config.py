@@ -39,7 +39,16 @@ def test_builtin_configs_are_valid(name: str) -> None:
          "calibration.count: Input should be greater than or equal to 1"),
         ({"calibration": {"tensors": "calib.npz", "text": "x.txt"}},
          "calibration: Value error, give exactly one of images, tensors, text, plugin"),
-        ({"budget": {"metric": "top1"}}, "budget: Value error, give max_drop or min_value"),
+        ({"budget": {"metric": "top1"}},
+         "budget: Value error, top1 is better higher: give min_value or max_drop"),
+        ({"budget": {"metric": "accuracy", "max_drop": 1}},
+         "budget: Value error, unknown metric 'accuracy'; choose from top1, "),
+        ({"budget": {"metric": "top1", "min_value": 0.99}},
+         "top1 is a percentage (0-100): min_value 0.99 means 0.99%; write 99 for 99%"),
+        ({"budget": {"metric": "max_abs_diff", "max_drop": 5}},
+         "max_abs_diff is an error, better lower: give max_value or max_rise"),
+        ({"budget": {"metric": "top1", "max_drop": "x"}},
+         "budget.max_drop: Input should be a valid number"),
         ({"name": "Bad Name"}, "name: String should match pattern"),
         ({"quantization": {"candidates": [{"name": "a", "activation_type": "QInt4"}]}},
          "quantization.candidates.0.activation_type"),
@@ -58,6 +67,7 @@ def test_bad_config_names_the_key_path(
         load_config(path)
     assert str(path) in str(error.value)
     assert words in str(error.value)
+    assert "Input should be a valid list" not in str(error.value)  # the union's other shape
 
 
 def test_missing_files_are_listed_before_any_work(tmp_path: Path) -> None:

@@ -79,11 +79,13 @@ def test_gate_max_drop(int8: float, passed: bool) -> None:
 
 def test_gate_checks_every_budget_in_order() -> None:
     """One check per budget, each judged on its own metric."""
-    budgets = [_budget("top1", max_drop=0.5), _budget("agreement", min_value=99.0)]
-    checks = gate({"top1": 98.0, "agreement": 99.5}, {"top1": 99.0, "agreement": 100.0}, budgets)
+    budgets = [_budget("top1", max_drop=0.5), _budget("top1_agreement", min_value=99.0)]
+    checks = gate(
+        {"top1": 98.0, "top1_agreement": 99.5}, {"top1": 99.0, "top1_agreement": 100.0}, budgets
+    )
     assert [(c.metric, c.value, c.reference, c.bound, c.passed) for c in checks] == [
         ("top1", 98.0, 99.0, 98.5, False),
-        ("agreement", 99.5, 100.0, 99.0, True),
+        ("top1_agreement", 99.5, 100.0, 99.0, True),
     ]
 
 
@@ -96,9 +98,21 @@ def test_gate_impossible_floor_fails_even_when_equal_to_fp32() -> None:
 
 def test_gate_without_fp32_metric_uses_floor_only() -> None:
     """A metric only the variant reports has no reference; the floor still applies."""
-    (check,) = gate({"latency_ok": 1.0}, {}, [_budget("latency_ok", min_value=1.0)])
+    (check,) = gate({"cosine_min": 0.99}, {}, [_budget("cosine_min", min_value=0.99)])
     assert check.reference is None
     assert check.passed
+
+
+@pytest.mark.parametrize(
+    ("value", "passed"), [(0.5, True), (2.0, True), (2.01, False), (45.0, False)]
+)  # fmt: skip
+def test_gate_error_metric_is_bounded_from_above(value: float, passed: bool) -> None:
+    """max_abs_diff is an error: the budget is a ceiling, the strictest of max_value and FP32's
+    value plus max_rise; a large error fails however it compares with the floor metrics."""
+    budget = _budget("max_abs_diff", max_value=3.0, max_rise=2.0)
+    (check,) = gate({"max_abs_diff": value}, {"max_abs_diff": 0.0}, [budget])
+    assert (check.bound, check.passed) == (2.0, passed)
+    assert check.rule == "max_abs_diff <= 3 and max_abs_diff <= fp32 + 2"
 
 
 def test_interleaved_latency_one_positive_median_per_session(

@@ -62,18 +62,24 @@ def test_tensor_model_with_int32_input_from_npz(tmp_path: Path) -> None:
 
 
 def test_fallback_moves_the_worst_node_to_fp32(fallback_build: tuple[Path, Path]) -> None:
-    """The first recipe misses; qdq_loss_debug's ranking puts fc1 back in FP32; then it passes."""
+    """The first recipe misses, and so does its 7-bit-weight retry; qdq_loss_debug's ranking
+    puts fc1 back in FP32; then it passes."""
     _, out = fallback_build
     manifest = ModelManifest.read(out / "dead-unit")
     candidates = manifest.build["candidates"]
-    assert [c["gate"] for c in candidates] == ["failed", "pass"]
+    assert [(c["name"], c["gate"]) for c in candidates] == [
+        ("u8s8-per-tensor", "failed"),
+        ("u8s8-per-tensor-reduce-range", "failed"),
+        ("u8s8-per-tensor-reduce-range", "pass"),
+    ]
+    assert candidates[1]["note"] == "7-bit weights, as ORT advises"
     assert (
-        candidates[0]["accuracy"]["top1_agreement"]
+        candidates[1]["accuracy"]["top1_agreement"]
         < 97
-        <= candidates[1]["accuracy"]["top1_agreement"]
+        <= candidates[2]["accuracy"]["top1_agreement"]
     )
-    assert candidates[1]["chosen"]
-    assert candidates[1]["note"].startswith("fallback: 1 node(s) FP32; kept: the fastest of 1")
+    assert candidates[2]["chosen"]
+    assert candidates[2]["note"].startswith("fallback: 1 node(s) FP32; kept: the fastest of 1")
     int8 = manifest.variants["int8"]
     assert int8.passed and int8.quantization is not None
     assert int8.quantization["nodes_excluded"] == ["fc1"]
@@ -183,6 +189,69 @@ def test_old_opset_is_upgraded_before_per_channel_quantization(tmp_path: Path) -
     tried = {c["name"]: c["gate"] for c in manifest.build["candidates"]}
     assert tried["u8s8-per-channel"] == "pass"
     open_session(out / "int32-counts" / manifest.variants["int8"].file)
+
+
+def test_regressor_is_gated_on_r2_and_a_miscalibration_fails(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """One value per row: top-1 and cosine cannot fail there, R² against FP32 can. Calibration
+    data at a tenth of the real range clips INT8's activations, and the gate says so."""
+    one_recipe = {"candidates": [{"name": "u8s8", "reduce_range": True}]}
+    config = tensor_project(
+        tmp_path / "good", model="int32_counts", classes=1, quantization=one_recipe
+    )
+    out = tmp_path / "repo"
+    assert cli.main(["--config", str(config), "--out", str(out)]) == 0
+    int8 = ModelManifest.read(out / "int32-counts").variants["int8"]
+    assert [(c.metric, c.rule) for c in int8.gate] == [("r2_agreement", "r2_agreement >= 99")]
+
+    config = tensor_project(
+        tmp_path / "bad",
+        model="int32_counts",
+        classes=1,
+        calibration_scale=10,
+        quantization={**one_recipe, "fallback": {"enabled": False}},
+    )
+    assert cli.main(["--config", str(config), "--out", str(tmp_path / "bad-repo")]) == 1
+    assert "int32-counts/int8: r2_agreement = " in capsys.readouterr().err
+
+
+def test_tensor_classifier_with_labels_is_gated_on_the_truth(tmp_path: Path) -> None:
+    """Labels in the config and a labels array in eval.npz: top-1 against the truth, and the
+    served output names its classes; a graph ending in Softmax is known to give probabilities."""
+    config = tensor_project(
+        tmp_path / "project",
+        model="int32_counts",
+        softmax=True,
+        truth=["low", "mid", "high"],
+        labels=["low", "mid", "high"],
+    )
+    out = tmp_path / "repo"
+    assert cli.main(["--config", str(config), "--out", str(out)]) == 0
+    manifest = ModelManifest.read(out / "int32-counts")
+    assert [c.metric for c in manifest.variants["int8"].gate] == ["top1"]
+    assert manifest.postprocessing is not None
+    assert manifest.postprocessing.model_dump() == {
+        "kind": "softmax",
+        "labels": ["low", "mid", "high"],
+        "scores": "probabilities",
+    }
+
+
+def test_one_models_bad_data_does_not_stop_the_others(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Rows of the wrong shape are named before ORT sees them; the other config still builds."""
+    good = tensor_project(tmp_path / "good", model="int32_counts")
+    bad = tensor_project(tmp_path / "bad", name="wrong-rows")
+    np.savez(bad.parent / "calib.npz", x=np.zeros((64, 7), np.float32))
+    out = tmp_path / "repo"
+    assert cli.main(["--config", str(bad), "--config", str(good), "--out", str(out)]) == 1
+    assert (
+        "wrong-rows: array 'x' has rows of shape [7]; the model's input 'x' is [-1, 8]"
+        in capsys.readouterr().err
+    )
+    assert ModelManifest.read(out / "int32-counts").variants["int8"].passed
 
 
 def test_model_json_of_another_schema_is_rebuilt(tmp_path: Path) -> None:

@@ -10,6 +10,9 @@ import httpx
 import numpy as np
 import pytest
 
+from service.agreement import agreement
+from service.manifest import Task
+
 VARIANTS = ("fp32", "int8")
 BATCH = 16
 
@@ -91,3 +94,23 @@ def test_agreement_is_computed_from_the_outputs(
         float(np.mean(int8.argmax(-1) == fp32.argmax(-1)))
     )
     assert figures["top1_agreement"] >= 0.9
+
+
+@pytest.mark.parametrize(
+    ("task", "shape", "measures"),
+    [
+        ("image-classification", (2, 10), {"max_abs_diff", "top1_agreement"}),
+        ("tensor", (2, 3), {"max_abs_diff", "top1_agreement"}),
+        ("tensor", (2, 1), {"max_abs_diff"}),  # a regressor: no argmax to agree on
+        ("tensor", (2,), {"max_abs_diff"}),
+        ("text-embedding", (2, 4), {"max_abs_diff", "cosine_mean", "cosine_min"}),
+    ],
+)  # fmt: skip
+def test_agreement_measures_what_the_output_means(
+    task: Task, shape: tuple[int, ...], measures: set[str]
+) -> None:
+    """Top-1 agreement of one value per row would always read 1.0, however far INT8 strays."""
+    reference = np.arange(np.prod(shape), dtype=np.float32).reshape(shape)
+    figures = agreement(task, {"y": reference + 0.5}, {"y": reference})
+    assert set(figures["y"]) == measures
+    assert figures["y"]["max_abs_diff"] == 0.5
