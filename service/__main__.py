@@ -15,6 +15,7 @@ from fastapi import FastAPI
 from service.app import create_app
 from service.config import Settings
 from service.http import CoalescingHttpToolsProtocol
+from service.registry import EmptyRepository, manifest_paths
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -41,6 +42,11 @@ def main(argv: list[str] | None = None) -> None:
     logging.basicConfig(
         level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
+    try:  # before uvicorn: an empty repository is one line of advice, not a traceback
+        manifest_paths(settings.model_repository)
+    except EmptyRepository as exc:
+        logging.getLogger("service").error("%s", exc)
+        sys.exit(3)  # uvicorn.run's exit code for a failed start-up
     # uvicorn drains on SIGTERM, restores this handler, then re-raises the signal: exit 0 then.
     signal.signal(signal.SIGTERM, _exit_cleanly)
     app = create_app(settings)

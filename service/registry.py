@@ -41,6 +41,21 @@ class ModelEntry:
         return self.manifest.name
 
 
+class EmptyRepository(RuntimeError):
+    """Nothing to serve: the service refuses to start (a deployment mistake, not a request's)."""
+
+
+def manifest_paths(root: Path) -> list[Path]:
+    """Every model.json in the repository; EmptyRepository, with what to do, when none."""
+    manifests = sorted(root.glob(f"*/{MANIFEST_FILE}")) if root.is_dir() else []
+    if not manifests:
+        raise EmptyRepository(
+            f"no models in repository {root.resolve()} (expected <model>/{MANIFEST_FILE}); "
+            "build one with `make models` or `python -m build_models --out DIR`"
+        )
+    return manifests
+
+
 class Registry:
     """discover() registers every variant (visible as loading); load() readies them in turn."""
 
@@ -51,14 +66,8 @@ class Registry:
     def discover(self) -> None:
         """Read every model.json in the repository; fail loudly if there is nothing to serve."""
         root = self.settings.model_repository
-        manifests = sorted(root.glob(f"*/{MANIFEST_FILE}")) if root.is_dir() else []
-        if not manifests:
-            raise RuntimeError(
-                f"no models in repository {root.resolve()} (expected <model>/{MANIFEST_FILE}); "
-                "build one with `make models` or `python -m build_models --out DIR`"
-            )
         models: dict[str, ModelEntry] = {}
-        for path in manifests:
+        for path in manifest_paths(root):
             try:
                 entry = self.read_entry(path.parent)
             except (ValueError, OSError) as exc:  # pydantic's ValidationError is a ValueError
@@ -67,7 +76,7 @@ class Registry:
             models[entry.name] = entry
         self.models = models
         if not self.models:
-            raise RuntimeError(f"no readable model.json in repository {root.resolve()}")
+            raise EmptyRepository(f"no readable model.json in repository {root.resolve()}")
         log.info(
             "registered %s",
             ", ".join(f"{m.name}[{','.join(m.runtimes)}]" for m in self.models.values()),

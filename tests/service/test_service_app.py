@@ -76,15 +76,16 @@ def test_empty_repository_fails_startup_clearly(tmp_path: Path) -> None:
 
 
 def test_empty_repository_exits_the_process(tmp_path: Path) -> None:
-    """`python -m service` on an empty folder exits non-zero with the same message."""
+    """`python -m service` on an empty folder exits 3 with the same message and no traceback."""
     done = subprocess.run(
         [sys.executable, "-m", "service", "--repository", str(tmp_path), "--port", "1"],
         capture_output=True,
         text=True,
         timeout=60,
     )
-    assert done.returncode != 0
+    assert done.returncode == 3
     assert "no models in repository" in done.stdout + done.stderr
+    assert "Traceback" not in done.stdout + done.stderr
 
 
 ROUTES = {
