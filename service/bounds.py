@@ -104,16 +104,21 @@ def check_cast(name: str, datatype: str, array: np.ndarray) -> None:
         raise BadRequest(f"input '{name}': values out of range for {datatype}")
 
 
+ASK_FOR_BINARY = "ask for them as binary data (parameters.binary_data_output: true)"
+
+
 def check_json_outputs(
-    outputs: Mapping[str, np.ndarray], wants_binary: Any, limits: Limits
+    outputs: Mapping[str, np.ndarray],
+    wants_binary: Any,
+    limits: Limits,
+    remedy: str = ASK_FOR_BINARY,
 ) -> None:
     """Refuse to write more than max_json_output_values as JSON (binary outputs are not bounded)."""
     values = sum(array.size for name, array in outputs.items() if not wants_binary(name))
     if values > limits.max_json_output_values:
         raise BadRequest(
             f"the outputs hold {values} values, over the JSON limit of "
-            f"{limits.max_json_output_values} (EDGE_MAX_JSON_OUTPUT_VALUES); ask for them as "
-            "binary data (parameters.binary_data_output: true)"
+            f"{limits.max_json_output_values} (EDGE_MAX_JSON_OUTPUT_VALUES); {remedy}"
         )
 
 

@@ -8,6 +8,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException
+from starlette.requests import ClientDisconnect
 
 log = logging.getLogger(__name__)
 
@@ -121,12 +122,14 @@ def client_view(exc: BaseException) -> tuple[int, str, dict[str, str] | None]:
         return exc.status_code, exc.message, exc.headers
     if isinstance(exc, HTTPException):
         return exc.status_code, str(exc.detail), None
+    if isinstance(exc, ClientDisconnect):
+        return ClientGone.status_code, "the client closed the connection mid-body", None
     return 500, "internal server error", None
 
 
 def is_modelled(exc: BaseException) -> bool:
     """Whether an exception is one of the errors a client is told about (not a server bug)."""
-    return isinstance(exc, ServiceError | HTTPException)
+    return isinstance(exc, ServiceError | HTTPException | ClientDisconnect)
 
 
 def install_error_handlers(app: FastAPI) -> None:
@@ -146,5 +149,7 @@ def install_error_handlers(app: FastAPI) -> None:
         return error_response(Unprocessable(problems or "invalid request"))
 
     app.add_exception_handler(RequestValidationError, validation_error)
-    for kind in (ServiceError, HTTPException, Exception):
+    # Starlette re-raises what reaches the Exception handler (uvicorn logs it as a crash): a
+    # client that hung up mid-body (a route's request.body()) is handled before that.
+    for kind in (ServiceError, HTTPException, ClientDisconnect, Exception):
         app.add_exception_handler(kind, modelled_error)

@@ -231,6 +231,10 @@ class Inference:
                     f"inputs disagree on the batch size: {sorted({batch, array.shape[0]})}"
                 )
             batch = array.shape[0]
+        for dim, places in runtime.shared_dims.items():
+            sizes = {name: feed[name].shape[axis] for name, axis in places}
+            if len(set(sizes.values())) > 1:
+                raise BadRequest(f"inputs disagree on the size of dimension '{dim}': {sizes}")
         if batch > self.max_batch_size:
             raise BadRequest(f"batch size {batch} is over the limit of {self.max_batch_size}")
         return int(batch)

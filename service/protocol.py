@@ -171,7 +171,7 @@ def decode_request(
 ) -> DecodedRequest:
     """Parse a v2 infer body (JSON, or JSON header + binary tensors) into numpy arrays."""
     header, binary = split_body(body, header_length)
-    if binary:  # a binary request's header repeats from call to call: parse it once
+    if binary and len(header) <= CACHED_HEADER_BYTES:
         request_id, params, tensors, outputs = _parsed_header(bytes(header), limits)
     else:
         request_id, params, tensors, outputs = _parse_header(header, limits)
@@ -197,7 +197,7 @@ def decode_request(
         raise BadRequest(f"{len(binary) - offset} bytes of binary data belong to no input")
 
     binary_outputs = {
-        name: bool(out_params["binary_data"])
+        name: _flag(out_params["binary_data"], f"outputs '{name}' parameters.binary_data")
         for name, out_params in outputs or []
         if "binary_data" in out_params
     }
@@ -206,7 +206,9 @@ def decode_request(
         inputs=inputs,
         outputs=[name for name, _ in outputs] if outputs else None,
         binary_outputs=binary_outputs,
-        binary_default=bool(params.get("binary_data_output", False)),
+        binary_default=_flag(
+            params.get("binary_data_output", False), "parameters.binary_data_output"
+        ),
         class_counts=class_counts(outputs) if outputs else {},
     )
 
@@ -223,10 +225,27 @@ def _parse_header(header: bytes | memoryview, limits: Limits) -> _Header:
     return _check_request(request)
 
 
+CACHED_HEADER_BYTES = 4096
+"""Binary requests' JSON headers up to this size are parsed once and cached: a client's header
+repeats from call to call (tritonclient's is ~200 bytes). Larger ones are parsed each time, so
+the cache (256 entries) never holds more than ~1 MB, whatever clients send."""
+
+MAX_TENSORS = 256
+"""Most inputs or outputs one request may list: refused before any is decoded (no model here
+takes more, and a quarter-million tiny inputs cost seconds of CPU to decode and reject)."""
+
+
 @lru_cache(maxsize=256)
 def _parsed_header(header: bytes, limits: Limits) -> _Header:
-    """Binary requests' JSON headers, parsed and checked once (read-only once cached)."""
+    """Binary requests' small JSON headers, parsed and checked once (read-only once cached)."""
     return _parse_header(header, limits)
+
+
+def _flag(value: Any, where: str) -> bool:
+    """A JSON true/false: the string "false" would otherwise read as true."""
+    if not isinstance(value, bool):
+        raise _malformed(where, f"must be true or false, not {value!r:.40}")
+    return value
 
 
 def _malformed(where: str, problem: str) -> BadRequest:
@@ -266,6 +285,8 @@ def _check_request(request: Any) -> _Header:
     raw_inputs = body.get("inputs")
     if not isinstance(raw_inputs, list) or not raw_inputs:
         raise _malformed("inputs", "must be a list of at least one tensor")
+    if len(raw_inputs) > MAX_TENSORS:
+        raise _malformed("inputs", f"{len(raw_inputs)} tensors; at most {MAX_TENSORS}")
     tensors = []
     for index, item in enumerate(raw_inputs):
         where = f"inputs.{index}"
@@ -289,6 +310,8 @@ def _check_request(request: Any) -> _Header:
         return request_id, params, tensors, None
     if not isinstance(raw_outputs, list):
         raise _malformed("outputs", "must be a list")
+    if len(raw_outputs) > MAX_TENSORS:
+        raise _malformed("outputs", f"{len(raw_outputs)} outputs; at most {MAX_TENSORS}")
     outputs = []
     for index, item in enumerate(raw_outputs):
         entry = _object(item, f"outputs.{index}", _OUTPUT_KEYS)

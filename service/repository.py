@@ -63,14 +63,13 @@ class Repository:
 
     async def unload(self, model: str) -> None:
         """Stop serving the model; answers once requests in flight on it have finished."""
-        if not _NAME.match(model):
-            raise NotFound(f"unknown model '{model}'")
+        known = model in self.registry.models or model in self._status
+        if not known and not (_NAME.match(model) and (self.root / model / MANIFEST_FILE).is_file()):
+            raise NotFound(f"unknown model '{model}'")  # before a lock is kept for the name
         async with self._lock(model):
             entry = self.registry.remove(model)
             if entry is None:
-                if model in self._status or (self.root / model / MANIFEST_FILE).is_file():
-                    return  # Triton: unloading a model that is not loaded is not an error
-                raise NotFound(f"unknown model '{model}'")
+                return  # Triton: unloading a model that is not loaded is not an error
             self._status[model] = Status("UNAVAILABLE", "unloaded")
             log.info("unloading %s: draining requests in flight", model)
             await self._drain(entry)

@@ -18,7 +18,7 @@ from service.errors import BadRequest, InferenceFailed, NotReady
 from service.manifest import TensorSpec, file_sha256
 from service.memory import heap_bytes, rss_bytes
 from service.sessions import open_session, run_options
-from service.specs import spec_mismatches
+from service.specs import SharedDims, shared_dims, spec_mismatches
 
 log = logging.getLogger(__name__)
 
@@ -98,6 +98,7 @@ class ModelRuntime:
         self._session: ort.InferenceSession | None = None
         self._output_names: list[str] = []
         self._run_options = run_options()
+        self.shared_dims: SharedDims = {}
 
     @property
     def name(self) -> str:
@@ -137,6 +138,7 @@ class ModelRuntime:
             self.facts.memory_loaded_bytes = max(rss_bytes() - before, 0)
             self.facts.heap_loaded_bytes = _growth(heap_before, heap_bytes())
             self._output_names = [out.name for out in self._session.get_outputs()]
+            self.shared_dims = shared_dims(self._session)
             started = time.perf_counter()
             for _ in range(warmup_runs):
                 self._session.run(None, warmup_feed)

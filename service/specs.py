@@ -50,3 +50,21 @@ def spec_mismatches(
                     f"{kind} {spec.name!r} has shape {dims}, model.json says {spec.shape}"
                 )
     return problems
+
+
+SharedDims = dict[str, list[tuple[str, int]]]
+"""A named dimension -> the (input, axis) pairs that must agree on its size."""
+
+
+def shared_dims(session: ort.InferenceSession) -> SharedDims:
+    """Named dimensions two or more inputs share (MiniLM's sequence_length, ...).
+
+    model.json writes them as -1, any size; but input_ids [1, 2] beside attention_mask [1, 3]
+    fails inside the graph, an error ORT reports like a broken model's.
+    """
+    found: SharedDims = {}
+    for arg in session.get_inputs():
+        for axis, dim in enumerate(arg.shape or []):
+            if isinstance(dim, str) and dim:
+                found.setdefault(dim, []).append((arg.name, axis))
+    return {dim: places for dim, places in found.items() if len(places) > 1}

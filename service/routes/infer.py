@@ -108,7 +108,8 @@ def decompress(body: bytes, encoding: str | None, limit: int) -> bytes:
 
 
 def _int_or_zero(text: str) -> int:
-    return int(text) if text.isdigit() else 0
+    """A header's digits as a number, else 0 (ASCII only: int() refuses "²", isdigit() not)."""
+    return int(text) if text.isascii() and text.isdigit() else 0
 
 
 class InferRoute(PlainRoute):

@@ -14,7 +14,7 @@ from pydantic import BaseModel, Field
 
 from service.config import Settings
 from service.connections import Connection, connection_of
-from service.errors import NotFound, PayloadTooLarge
+from service.errors import BadRequest, NotFound, PayloadTooLarge
 from service.inference import Inference
 from service.manifest import Task
 from service.processing import load_pixels, open_image
@@ -192,6 +192,20 @@ def check_sentences(sentences: list[str], settings: Settings) -> None:
             f"a sentence of {longest} characters, over the limit of "
             f"{settings.max_sentence_chars} (EDGE_MAX_SENTENCE_CHARS)"
         )
+    for index, sentence in enumerate(sentences):
+        if not sentence.isascii() and not _encodable(sentence):
+            raise BadRequest(
+                f"sentences.{index}: not Unicode text (a lone surrogate such as \\ud800)"
+            )
+
+
+def _encodable(text: str) -> bool:
+    """JSON's \\ud800 escapes decode to lone surrogates, which no tokenizer takes."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 @router.post("/{model}/classify", response_model=ClassifyResponse, summary="Classify an image")

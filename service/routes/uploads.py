@@ -58,7 +58,8 @@ def _top_k(text: str | None) -> int:
     """The top_k query parameter: an integer from 1 to TOP_K_MAX (422 otherwise)."""
     if text is None:
         return TOP_K_DEFAULT
-    value = int(text) if text.strip().isdigit() else 0
+    digits = text.strip()
+    value = int(digits) if digits.isascii() and digits.isdigit() else 0
     if not 1 <= value <= TOP_K_MAX:
         raise Unprocessable(f"query.top_k: an integer from 1 to {TOP_K_MAX}, not {text!r}")
     return value

@@ -82,6 +82,21 @@ def int32_counts_model(
     )
 
 
+def pair_model(path: Path) -> None:
+    """a, b FP32 [N, L] -> Mul -> ReduceSum over L -> dot [N, 1]: two inputs share L by name."""
+    nodes = [
+        helper.make_node("Mul", ["a", "b"], ["product"], name="mul"),
+        helper.make_node("ReduceSum", ["product", "axes"], ["dot"], name="sum", keepdims=1),
+    ]
+    _save(
+        nodes,
+        [helper.make_tensor_value_info(n, TensorProto.FLOAT, ["N", "L"]) for n in ("a", "b")],
+        [helper.make_tensor_value_info("dot", TensorProto.FLOAT, ["N", 1])],
+        [numpy_helper.from_array(np.array([1], np.int64), "axes")],
+        path,
+    )
+
+
 def tensor_project(
     folder: Path,
     model: str = "dead_unit",
@@ -102,6 +117,11 @@ def tensor_project(
     if model == "dead_unit":
         dead_unit_mlp(folder / "model.onnx")
         make = lambda n: {"x": rng.standard_normal((n, 8)).astype(np.float32)}  # noqa: E731
+    elif model == "pair":
+        pair_model(folder / "model.onnx")
+        make = lambda n: {  # noqa: E731
+            name: rng.standard_normal((n, 5)).astype(np.float32) for name in ("a", "b")
+        }
     else:
         int32_counts_model(folder / "model.onnx", opset, classes, softmax)
         make = lambda n: {"counts": rng.integers(0, 20, (n, 6)).astype(np.int32)}  # noqa: E731

@@ -121,6 +121,17 @@ def slow_body(url: str) -> int:
     return int(reply.split(" ", 2)[1])
 
 
+def hang_up_mid_body(url: str, path: str) -> None:
+    """Headers promising 1000 bytes, 10 of them, then the connection closed."""
+    host, port = url.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=5) as sock:
+        sock.sendall(
+            f"POST {path} HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\n"
+            'Content-Length: 1000\r\n\r\n{"inputs":'.encode()
+        )
+        time.sleep(0.2)
+
+
 Case = Callable[[httpx.Client], httpx.Response]
 NAN = np.full((1, 1, 8, 8), np.nan, np.float32).tobytes()
 
@@ -141,8 +152,53 @@ def embed(sentences: list[str]) -> Case:
     return lambda http: http.post("/tasks/digits/embed", json={"sentences": sentences})
 
 
+def big_failing_headers(count: int, values: int) -> Case:
+    """Binary requests whose JSON headers are megabytes, each different, each refused."""
+
+    def send(http: httpx.Client) -> httpx.Response:
+        raw = np.zeros((1, 1, 8, 8), np.float32).tobytes()
+        for index in range(count):
+            extra = {"name": "extra", "shape": [values], "datatype": "FP32",
+                     "data": [index] * values}  # fmt: skip
+            header = json.dumps(
+                {
+                    "inputs": [
+                        {
+                            "name": "input",
+                            "shape": [1, 1, 8, 8],
+                            "datatype": "FP32",
+                            "parameters": {"binary_data_size": len(raw)},
+                        },
+                        extra,
+                    ]
+                }  # fmt: skip
+            ).encode()
+            response = http.post(INFER, content=header + raw, headers={HEADER: str(len(header))})
+        return response
+
+    return send
+
+
+def many_inputs(count: int) -> bytes:
+    tensor = {"name": "x", "shape": [1], "datatype": "FP32", "data": [0.0]}
+    return json.dumps({"inputs": [tensor] * count}).encode()
+
+
 # (class, request, expected status, words the error must contain)
 CASES: list[tuple[str, Case, int, str]] = [
+    ("superscript-header-length",  # latin-1 0xb2 is "²", a digit to str.isdigit
+     lambda http: http.post(INFER, content=b"{}", headers={HEADER: b"\xb2"}), 400, HEADER),
+    ("superscript-top-k", lambda http: http.post(
+        "/tasks/digits/classify", params={"top_k": "\u00b2"},
+        files={"image": ("x", image_bytes("PNG"))}), 422, "top_k"),
+    ("string-false-binary-flag", post_binary(INFER, binary(
+        [1, 1, 8, 8], b"\0" * 256, parameters={"binary_data_output": "false"})), 400,
+     "must be true or false"),
+    ("300-inputs", post(INFER, many_inputs(300)), 400, "at most 256"),
+    ("lone-surrogate-sentence", post("/tasks/digits/embed", b'{"sentences": ["ok \\ud800"]}',
+                                     {"content-type": "application/json"}), 400,
+     "not Unicode text"),
+    ("8-failing-1.5M-value-headers", big_failing_headers(8, 1_500_000), 400, "unknown"),
     ("json-shape-overflows-int64", post(INFER, tensor_json([0, 2**63], [])), 413,
      "EDGE_MAX_TENSOR_ELEMENTS"),
     ("json-shape-huge-elements", post(INFER, tensor_json([2**31, 2**31, 8, 8], [])), 413,
@@ -202,6 +258,9 @@ def test_hostile_inputs_get_4xx_naming_the_limit_and_leave_the_server_whole(
         waited = time.monotonic() - started
         table.append({"class": "slow-body-sender", "status": status, "expected": 408})
         assert status == 408 and waited < BODY_TIMEOUT * 4
+        # Hanging up mid-body on the framework's routes: a 499 in the metrics, no traceback.
+        for path in (COMPARE, "/v2/repository/index", "/v2/repository/models/digits/load"):
+            hang_up_mid_body(hostile_server.url, path)
 
         # NaN through infer is not a client error: the answer is valid JSON (null for NaN).
         body, headers = binary([1, 1, 8, 8], NAN)

@@ -30,7 +30,8 @@ def repository(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("tensor")
     out = root / "repo"
     config = tensor_project(root / "project", model="int32_counts")
-    assert cli.main(["--config", str(config), "--out", str(out)]) == 0
+    pair = tensor_project(root / "pair", model="pair")
+    assert cli.main(["--config", str(config), "--config", str(pair), "--out", str(out)]) == 0
     shutil.copytree(out / MODEL, out / "lying-specs")
     manifest = json.loads((out / "lying-specs" / MANIFEST_FILE).read_text())
     manifest["name"] = "lying-specs"
@@ -83,6 +84,24 @@ def test_wrong_datatype_is_a_400(server: Any) -> None:
     response = httpx.post(f"{server.url}/v2/models/{MODEL}/infer", json=body)
     assert response.status_code == 400
     assert "INT32" in response.json()["error"]
+
+
+def test_inputs_that_disagree_on_a_shared_dimension_are_a_400(server: Any) -> None:
+    """a [1, 2] beside b [1, 3], where the graph names both L: the client's mistake, not a
+    model failure (ONNX Runtime's broadcast error inside the graph would read as a 500)."""
+    body = {
+        "inputs": [
+            {"name": "a", "shape": [1, 2], "datatype": "FP32", "data": [1, 2]},
+            {"name": "b", "shape": [1, 3], "datatype": "FP32", "data": [1, 2, 3]},
+        ]
+    }
+    for version in ("fp32", "int8"):
+        response = httpx.post(f"{server.url}/v2/models/pair/versions/{version}/infer", json=body)
+        assert response.status_code == 400, response.text
+        assert "dimension 'L'" in response.json()["error"]
+    body["inputs"][1] = {"name": "b", "shape": [1, 2], "datatype": "FP32", "data": [3, 4]}
+    answer = httpx.post(f"{server.url}/v2/models/pair/versions/fp32/infer", json=body).json()
+    assert answer["outputs"][0]["data"] == [11.0]
 
 
 def test_tensor_model_has_no_task_endpoint(server: Any) -> None:
