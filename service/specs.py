@@ -57,7 +57,7 @@ SharedDims = dict[str, list[tuple[str, int]]]
 
 
 def shared_dims(session: ort.InferenceSession) -> SharedDims:
-    """Named dimensions two or more inputs share (MiniLM's sequence_length, ...).
+    """Named dimensions two or more inputs share (MiniLM's sequence, ...).
 
     model.json writes them as -1, any size; but input_ids [1, 2] beside attention_mask [1, 3]
     fails inside the graph, an error ORT reports like a broken model's.
