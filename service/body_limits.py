@@ -1,10 +1,13 @@
-"""Request body limits as pure ASGI middleware: 413 past the size, 408 past the time to send it."""
+"""Request body limits as pure ASGI middleware: 413 past the size, 408 past the time to send it.
+
+Its deadline sweep (Deadlines) also times request heads out (service.http).
+"""
 
 from __future__ import annotations
 
 import asyncio
 import re
-from typing import Any
+from typing import Any, Generic, Protocol, TypeVar
 
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -17,31 +20,76 @@ from service.errors import PayloadTooLarge, error_response
 EMBED_PATH = re.compile(r"^/tasks/[^/]+/embed$")
 
 
-class BodyDeadlines:
-    """Requests waiting for body bytes past `timeout`, found by one sweep every `interval` s.
+class OnLoop(Protocol):
+    """What a deadline is kept for: it knows the event loop it lives on."""
+
+    def get_loop(self) -> asyncio.AbstractEventLoop: ...
+
+
+K = TypeVar("K", bound=OnLoop)
+
+
+class Deadlines(Generic[K]):
+    """Things due by a deadline, found by one sweep every `interval` s on their event loop.
 
     asyncio.timeout arms and cancels a loop timer per receive: 8.0-8.7 us on uvloop against
     1.2 us for this (interleaved, one process), about 3% of a digits request's time in the
-    service. One sweep serves every waiting request instead; a 408 comes up to `interval` late.
+    service. One sweep serves every waiting thing instead; an expiry comes up to `interval`
+    late. Request bodies (BodyDeadlines) and request heads (service.http) keep theirs here.
     """
 
     def __init__(self, timeout: float) -> None:
         self.timeout = timeout
         self.interval = min(1.0, timeout / 4)
-        self._waiting: dict[asyncio.Task[Any], float] = {}
-        self._expired: set[asyncio.Task[Any]] = set()
+        self._waiting: dict[K, float] = {}
         self._sweep_on: asyncio.AbstractEventLoop | None = None
         """The loop a sweep is scheduled on (None: none is)."""
+
+    def watch(self, key: K, deadline: float, loop: asyncio.AbstractEventLoop) -> None:
+        """Expire `key` once `loop`'s clock passes `deadline`, unless it is forgotten first."""
+        self._waiting[key] = deadline
+        if self._sweep_on is not loop:
+            self._arm(loop)
+
+    def forget(self, key: K) -> None:
+        """`key` made it in time, or is gone: no expiry for it."""
+        self._waiting.pop(key, None)
+
+    def expire(self, key: K) -> None:
+        """Act on `key`, past its deadline and no longer watched (each kind says how)."""
+        raise NotImplementedError
+
+    def _arm(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._sweep_on = loop
+        loop.call_later(self.interval, self._sweep, loop)
+
+    def _sweep(self, loop: asyncio.AbstractEventLoop) -> None:
+        now = loop.time()
+        for key, deadline in list(self._waiting.items()):
+            if deadline <= now and key.get_loop() is loop and key in self._waiting:
+                del self._waiting[key]
+                self.expire(key)
+        if any(key.get_loop() is loop for key in self._waiting):
+            loop.call_later(self.interval, self._sweep, loop)
+        elif self._sweep_on is loop:
+            self._sweep_on = None
+
+
+class BodyDeadlines(Deadlines[asyncio.Task[Any]]):
+    """Requests waiting for body bytes past `timeout`: their receive raises TimeoutError."""
+
+    def __init__(self, timeout: float) -> None:
+        super().__init__(timeout)
+        self._expired: set[asyncio.Task[Any]] = set()
 
     async def receive(self, receive: Receive, deadline: float) -> Message:
         """`await receive()`, raising TimeoutError once the loop's clock passes `deadline`."""
         task = asyncio.current_task()
         assert task is not None
         loop = task.get_loop()
-        self._waiting[task] = deadline
+        self._waiting[task] = deadline  # watch(), inlined: this runs for every request body
         if self._sweep_on is not loop:
-            self._sweep_on = loop
-            loop.call_later(self.interval, self._sweep, loop)
+            self._arm(loop)
         try:
             return await receive()
         except asyncio.CancelledError:
@@ -50,20 +98,13 @@ class BodyDeadlines:
             task.uncancel()
             raise TimeoutError from None
         finally:
-            del self._waiting[task]
+            self._waiting.pop(task, None)
             self._expired.discard(task)
 
-    def _sweep(self, loop: asyncio.AbstractEventLoop) -> None:
-        # A task is listed only while it is suspended in receive(), so the cancel lands there.
-        now = loop.time()
-        for task, deadline in list(self._waiting.items()):
-            if deadline <= now and task.get_loop() is loop and task not in self._expired:
-                self._expired.add(task)
-                task.cancel()
-        if any(task.get_loop() is loop for task in self._waiting):
-            loop.call_later(self.interval, self._sweep, loop)
-        elif self._sweep_on is loop:
-            self._sweep_on = None
+    def expire(self, key: asyncio.Task[Any]) -> None:
+        # A task is watched only while it is suspended in receive(), so the cancel lands there.
+        self._expired.add(key)
+        key.cancel()
 
 
 class BodyLimit:

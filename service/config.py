@@ -125,6 +125,17 @@ class Settings(BaseSettings):
     body_timeout_seconds: float = Field(30.0, gt=0)
     """Longest time a client may take to send its request body; then 408."""
 
+    max_header_bytes: int = Field(64 * 1024, ge=1024)
+    """Largest request line + headers accepted; larger ones get 431 and the connection closes.
+
+    Twice nginx's default total (4 x 8 KB buffers), room for long bearer tokens and a proxy's
+    headers; nothing past it is parsed or kept (service.http).
+    """
+
+    header_timeout_seconds: float = Field(10.0, gt=0)
+    """Longest time a client may take to send its request line and headers, from connecting
+    (or from a kept-alive request's first byte); then 408 and the connection closes."""
+
     drain_seconds: int = Field(30, ge=1, le=600)
     """After SIGTERM: how long in-flight requests may take before the process exits anyway.
 

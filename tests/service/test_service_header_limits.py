@@ -1,0 +1,243 @@
+"""Request heads bounded in size and time, over real sockets to a real server (service.http).
+
+uvicorn's httptools protocol parsed a head of any size for any time: a 100 MB header value
+stalled /v2/health/live for 6-7 s and added 160 MB of RSS, and a header line every 5 s kept a
+connection open for good. Now a head over EDGE_MAX_HEADER_BYTES gets 431, one slower than
+EDGE_HEADER_TIMEOUT_SECONDS gets 408, both as JSON, and the connection closes.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import httpx
+import numpy as np
+import pytest
+import tritonclient.http as httpclient
+from pydantic import ValidationError
+
+from loadtests.process import rss_bytes
+from service.config import Settings
+from service.http import HEAD_TIMEOUT_SECONDS, MAX_HEAD_BYTES
+
+HEAD_LIMIT = 32 * 1024  # EDGE_MAX_HEADER_BYTES for this module's server (not the default)
+HEAD_TIMEOUT = 1.0  # EDGE_HEADER_TIMEOUT_SECONDS: its sweep runs every 0.25 s
+LATE = HEAD_TIMEOUT + 1.5  # a deadline's answer comes by then (sweep interval plus slack)
+BIG_HEADER_BYTES = 100 * 1024 * 1024  # the probe's header value
+RSS_GROWTH_LIMIT = 16 * 1024 * 1024  # before the fix: +160 MB for one 100 MB header
+HEALTH_LIMIT_SECONDS = 0.5  # before the fix: 6-7 s while one 100 MB header streamed
+INFER = "/v2/models/digits/versions/fp32/infer"
+
+
+@pytest.fixture(scope="module")
+def server(
+    model_repository: Path, servers: ModuleType, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Any]:
+    log = tmp_path_factory.mktemp("header-limits") / "server.log"
+    started = servers.start_server(
+        model_repository,
+        log,
+        EDGE_MAX_HEADER_BYTES=str(HEAD_LIMIT),
+        EDGE_HEADER_TIMEOUT_SECONDS=str(HEAD_TIMEOUT),
+    )
+    yield started
+    servers.stop_server(started)
+
+
+def connect(server: Any, timeout: float = 10.0) -> socket.socket:
+    host, port = server.host_port.split(":")
+    return socket.create_connection((host, int(port)), timeout=timeout)
+
+
+def read_reply(sock: socket.socket) -> tuple[int, dict[str, str], bytes]:
+    """One HTTP/1.1 answer with a content-length: status, headers (lower-case), body."""
+    data = b""
+    while b"\r\n\r\n" not in data:
+        chunk = sock.recv(65536)
+        assert chunk, f"connection closed before an answer: {data!r}"
+        data += chunk
+    head, _, body = data.partition(b"\r\n\r\n")
+    lines = head.decode("latin-1").split("\r\n")
+    headers = dict(line.lower().split(": ", 1) for line in lines[1:])
+    while len(body) < int(headers["content-length"]):
+        chunk = sock.recv(65536)
+        assert chunk, "connection closed inside an answer"
+        body += chunk
+    return int(lines[0].split(" ", 2)[1]), headers, body
+
+
+def closed_within(sock: socket.socket, seconds: float) -> bool:
+    """Whether the server closes the connection (EOF or reset) within `seconds`."""
+    sock.settimeout(seconds)
+    try:
+        while sock.recv(65536):
+            pass
+    except TimeoutError:
+        return False
+    except ConnectionError:
+        pass
+    return True
+
+
+def stream_big_header(sock: socket.socket, stop: threading.Event | None = None) -> int:
+    """A GET whose one header value runs to BIG_HEADER_BYTES; the bytes the server took."""
+    sent = 0
+    chunk = b"a" * (1024 * 1024)
+    try:
+        sock.sendall(b"GET /v2/health/live HTTP/1.1\r\nHost: x\r\nX-Big: ")
+        while sent < BIG_HEADER_BYTES and not (stop and stop.is_set()):
+            sock.sendall(chunk)
+            sent += len(chunk)
+    except OSError:  # the server closed it: what a client streaming on may see
+        pass
+    return sent
+
+
+def test_settings_default_to_the_protocols_own_limits(monkeypatch: pytest.MonkeyPatch) -> None:
+    defaults = Settings.model_fields
+    assert defaults["max_header_bytes"].default == MAX_HEAD_BYTES == 64 * 1024
+    assert defaults["header_timeout_seconds"].default == HEAD_TIMEOUT_SECONDS
+    monkeypatch.setenv("EDGE_MAX_HEADER_BYTES", "512")  # below what any real client sends
+    with pytest.raises(ValidationError):
+        Settings()
+
+
+def test_a_100_mb_header_gets_431_at_once_and_the_server_keeps_none_of_it(server: Any) -> None:
+    pid = server.process.pid
+    rss_before = rss_bytes(pid)
+    with connect(server) as sock:
+        started = time.perf_counter()
+        sender = threading.Thread(target=stream_big_header, args=(sock,))
+        sender.start()
+        status, headers, body = read_reply(sock)
+        answered = time.perf_counter() - started
+        sender.join(timeout=30)
+        assert closed_within(sock, 10)
+    rss_after = rss_bytes(pid)
+    assert status == 431 and answered < 1.0, answered
+    assert headers["content-type"] == "application/json" and headers["connection"] == "close"
+    assert "EDGE_MAX_HEADER_BYTES" in json.loads(body)["error"]
+    assert rss_after - rss_before < RSS_GROWTH_LIMIT, (rss_before, rss_after)
+
+
+def test_a_head_one_byte_over_the_limit_gets_431_and_one_at_it_passes(server: Any) -> None:
+    def head_of(size: int) -> bytes:
+        start = b"GET /v2/health/live HTTP/1.1\r\nHost: x\r\nX-Pad: "
+        return start + b"p" * (size - len(start) - 4) + b"\r\n\r\n"
+
+    for size, expected in ((HEAD_LIMIT, 200), (HEAD_LIMIT + 1, 431)):
+        with connect(server) as sock:
+            sock.sendall(head_of(size))
+            status, _, _ = read_reply(sock)
+        assert status == expected, size
+
+
+def test_health_and_metrics_answer_while_big_heads_stream(server: Any) -> None:
+    stop = threading.Event()
+    streamed: list[int] = []
+
+    def attacker() -> None:
+        while not stop.is_set():
+            with connect(server) as sock:
+                streamed.append(stream_big_header(sock, stop))
+
+    attackers = [threading.Thread(target=attacker) for _ in range(4)]
+    for thread in attackers:
+        thread.start()
+    slowest = 0.0
+    try:
+        with httpx.Client(base_url=server.url, timeout=10) as http:
+            deadline = time.monotonic() + 3.0
+            while time.monotonic() < deadline:
+                for path in ("/v2/health/live", "/metrics"):
+                    started = time.perf_counter()
+                    assert http.get(path).status_code == 200
+                    slowest = max(slowest, time.perf_counter() - started)
+                time.sleep(0.02)
+    finally:
+        stop.set()
+        for thread in attackers:
+            thread.join(timeout=30)
+    assert streamed, "no big header was sent"
+    assert slowest < HEALTH_LIMIT_SECONDS, slowest
+
+
+def test_a_slow_head_gets_408_when_its_time_is_up(server: Any) -> None:
+    """One header line every 0.2 s: each keeps the connection busy, none resets the clock."""
+    with connect(server) as sock:
+        started = time.perf_counter()
+        sock.sendall(b"GET /v2/health/live HTTP/1.1\r\n")
+        sock.settimeout(0.2)
+        reply = b""
+        while b"\r\n\r\n" not in reply:
+            try:
+                reply += sock.recv(65536)
+            except TimeoutError:
+                sock.sendall(b"X-Slow: 1\r\n")
+        waited = time.perf_counter() - started
+        sock.settimeout(10)
+        head, _, body = reply.partition(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 408 "), reply
+        assert HEAD_TIMEOUT * 0.9 < waited < LATE, waited
+        if not body.endswith(b"}"):
+            body += sock.recv(65536)
+        assert "EDGE_HEADER_TIMEOUT_SECONDS" in json.loads(body)["error"]
+        assert closed_within(sock, 5)
+
+
+def test_a_connection_that_sends_nothing_is_closed_quietly(server: Any) -> None:
+    with connect(server) as sock:
+        started = time.perf_counter()
+        sock.settimeout(LATE + 5)
+        assert sock.recv(65536) == b""  # closed, no answer to a request nobody made
+        assert HEAD_TIMEOUT * 0.9 < time.perf_counter() - started < LATE
+
+
+def test_a_kept_alive_connections_next_head_has_its_own_deadline(server: Any) -> None:
+    with connect(server) as sock:
+        for _ in range(2):  # each answered head forgets its deadline
+            sock.sendall(b"GET /v2/health/live HTTP/1.1\r\nHost: x\r\n\r\n")
+            assert read_reply(sock)[0] == 200
+            time.sleep(HEAD_TIMEOUT * 0.75)
+        started = time.perf_counter()
+        sock.sendall(b"GET /v2/health/live HTTP/1.1\r\nHost: x\r\n")  # and no end
+        status, _, _ = read_reply(sock)
+        assert status == 408 and time.perf_counter() - started < LATE
+
+
+def test_typical_requests_still_pass(server: Any, held_out: tuple[np.ndarray, np.ndarray]) -> None:
+    """tritonclient with extra headers; a body far larger than the head limit in the same
+    write as its head; two requests pipelined in one write."""
+    images, _ = held_out
+    triton = httpclient.InferenceServerClient(url=server.host_port)
+    try:
+        tensor = httpclient.InferInput("input", [4, 1, 8, 8], "FP32")
+        tensor.set_data_from_numpy(images[:4], binary_data=True)
+        headers = {"Authorization": "Bearer " + "t" * 2048, "X-Request-Id": "abc-123"}
+        result = triton.infer("digits", [tensor], model_version="fp32", headers=headers)
+        assert result.as_numpy("logits").shape == (4, 10)
+    finally:
+        triton.close()
+
+    data = images[:1].ravel().tolist()
+    payload = {"inputs": [{"name": "input", "shape": [1, 1, 8, 8], "datatype": "FP32",
+                           "data": data}]}  # fmt: skip
+    body = json.dumps(payload).encode() + b" " * (HEAD_LIMIT * 6)  # valid JSON, padded
+    request = (
+        f"POST {INFER} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        f"Content-Length: {len(body)}\r\n\r\n"
+    ).encode() + body
+    health = b"GET /v2/health/live HTTP/1.1\r\nHost: x\r\n\r\n"
+    with connect(server) as sock:
+        sock.sendall(request + health)
+        status, _, answer = read_reply(sock)
+        assert status == 200, answer
+        assert json.loads(answer)["outputs"][0]["shape"] == [1, 10]
+        assert read_reply(sock)[0] == 200
