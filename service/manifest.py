@@ -6,7 +6,13 @@ import hashlib
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SerializerFunctionWrapHandler,
+    model_serializer,
+)
 
 MANIFEST_FILE = "model.json"
 SCHEMA_VERSION: Literal[2] = 2
@@ -67,6 +73,15 @@ class SoftmaxPostprocessing(_Model):
     kind: Literal["softmax"] = "softmax"
     labels: list[str]
     scores: Literal["logits", "probabilities"] = "logits"
+
+    @model_serializer(mode="wrap")
+    def _readable_by_older_services(self, write: SerializerFunctionWrapHandler) -> Any:
+        """Logits, the default, go unsaid: a service older than `scores` (which refuses unknown
+        keys) still reads a logits classifier's model.json updated over the air before it."""
+        data = write(self)
+        if self.scores == "logits":
+            data.pop("scores", None)
+        return data
 
 
 class CtcPostprocessing(_Model):
