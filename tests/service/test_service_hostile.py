@@ -18,6 +18,7 @@ import struct
 import time
 import zlib
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -109,26 +110,28 @@ def image_bytes(fmt: str, size: int = 16) -> bytes:
     return buffer.getvalue()
 
 
-def slow_body(url: str) -> int:
-    """Headers promising 1000 bytes, then 10 bytes and silence: the status the server answers."""
+@contextmanager
+def part_of_a_body(url: str, path: str, timeout: float) -> Iterator[socket.socket]:
+    """A connection that sent headers promising 1000 bytes, and 10 of them."""
     host, port = url.removeprefix("http://").split(":")
-    with socket.create_connection((host, int(port)), timeout=BODY_TIMEOUT * 5) as sock:
+    with socket.create_connection((host, int(port)), timeout=timeout) as sock:
         sock.sendall(
-            f"POST {INFER} HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\n"
+            f"POST {path} HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\n"
             'Content-Length: 1000\r\n\r\n{"inputs":'.encode()
         )
+        yield sock
+
+
+def slow_body(url: str) -> int:
+    """Part of a body, then silence: the status the server answers."""
+    with part_of_a_body(url, INFER, BODY_TIMEOUT * 5) as sock:
         reply = sock.recv(4096).decode("latin-1")
     return int(reply.split(" ", 2)[1])
 
 
 def hang_up_mid_body(url: str, path: str) -> None:
-    """Headers promising 1000 bytes, 10 of them, then the connection closed."""
-    host, port = url.removeprefix("http://").split(":")
-    with socket.create_connection((host, int(port)), timeout=5) as sock:
-        sock.sendall(
-            f"POST {path} HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\n"
-            'Content-Length: 1000\r\n\r\n{"inputs":'.encode()
-        )
+    """Part of a body, then the connection closed."""
+    with part_of_a_body(url, path, 5):
         time.sleep(0.2)
 
 
