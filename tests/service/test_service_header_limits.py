@@ -57,17 +57,19 @@ def connect(server: Any, timeout: float = 10.0) -> socket.socket:
 
 
 def read_reply(sock: socket.socket) -> tuple[int, dict[str, str], bytes]:
-    """One HTTP/1.1 answer with a content-length: status, headers (lower-case), body."""
-    data = b""
-    while b"\r\n\r\n" not in data:
-        chunk = sock.recv(65536)
-        assert chunk, f"connection closed before an answer: {data!r}"
-        data += chunk
-    head, _, body = data.partition(b"\r\n\r\n")
-    lines = head.decode("latin-1").split("\r\n")
+    """One HTTP/1.1 answer with a content-length: status, headers (lower-case), body.
+
+    Reads exactly that answer's bytes, so a pipelined answer behind it stays on the socket."""
+    head = b""
+    while not head.endswith(b"\r\n\r\n"):
+        byte = sock.recv(1)
+        assert byte, f"connection closed before an answer: {head!r}"
+        head += byte
+    lines = head.decode("latin-1").rstrip("\r\n").split("\r\n")
     headers = dict(line.lower().split(": ", 1) for line in lines[1:])
+    body = b""
     while len(body) < int(headers["content-length"]):
-        chunk = sock.recv(65536)
+        chunk = sock.recv(int(headers["content-length"]) - len(body))
         assert chunk, "connection closed inside an answer"
         body += chunk
     return int(lines[0].split(" ", 2)[1]), headers, body
