@@ -12,13 +12,16 @@ It also bounds a request's head (request line and headers), which uvicorn's http
 leaves unbounded in size and in time: past EDGE_MAX_HEADER_BYTES the request gets a 431, past
 EDGE_HEADER_TIMEOUT_SECONDS a 408, and the connection closes. A 100 MB header value used to
 stall the event loop for 6-7 s and add 160 MB of RSS; a header line every 5 s held a
-connection open for good.
+connection open for good. A chunked body's trailer fields, parsed as headers are, are held to
+the same size limit (a 100 MB trailer stalled health for 5-7 s). Malformed framing gets the
+service's JSON 400 naming the fault, not uvicorn's plain-text "Invalid HTTP request received."
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+import sys
 from typing import Any, Protocol, cast
 
 from uvicorn._types import ASGI3Application
@@ -48,6 +51,9 @@ MAX_HEAD_BYTES = 64 * 1024
 
 HEAD_TIMEOUT_SECONDS = 10.0
 """Time to send them when nothing else is set (EDGE_HEADER_TIMEOUT_SECONDS's default)."""
+
+UNTIMED = -1.0
+"""head_since while a chunked body's trailer is counted: no head deadline is armed for it."""
 
 LINGER_SECONDS = 2.0
 """How long a refused connection is still read, and what arrives dropped, before it closes.
@@ -120,11 +126,14 @@ class CoalescingHttpToolsProtocol(HttpToolsProtocol):
     it enters them: the lanes batch tiny requests only when others are on their way, and an
     answer leaves at its last write when no other request is in the app. And it
     gives each request its connection (service.connections): lanes skip the requests of
-    clients that have left. And it bounds each request's head in bytes and in time.
+    clients that have left. And it bounds each request's head in bytes and in time, and a
+    chunked body's trailer in bytes; what it refuses, and framing the parser refuses, gets a
+    JSON error once the answers owed before it are sent.
 
     Per request, the head checks cost a byte count and three attribute writes in three
     callbacks (0.55 us in-process): a head that comes whole in one read is never put under a
-    deadline (a fresh connection is, once) and no timer is armed per request.
+    deadline (a fresh connection is, once) and no timer is armed per request. The trailer
+    count adds a call per body read and two attribute accesses per request.
     """
 
     max_head_bytes = MAX_HEAD_BYTES
@@ -134,8 +143,11 @@ class CoalescingHttpToolsProtocol(HttpToolsProtocol):
 
     head_bytes: int | None
     """Bytes read of the head in progress (0: none yet); None while a body or an answer is."""
+    refusal: bytes | None = None
+    """A refusal's answer waiting for the answer owed before it (b"": only the close waits)."""
     head_since: float | None
-    """When the head in progress started being watched (None: it is not watched)."""
+    """When the head in progress started being watched (None: it is not watched; UNTIMED: the
+    bytes counted are a chunked body's trailer, which the body's deadline times)."""
 
     @classmethod
     def limited(cls, max_head_bytes: int, head_timeout: float) -> type[CoalescingHttpToolsProtocol]:
@@ -171,7 +183,7 @@ class CoalescingHttpToolsProtocol(HttpToolsProtocol):
             return
         head += len(data)
         if head > self.max_head_bytes:
-            self._receive_long_head(data)
+            self._receive_long_head(data, in_trailer=self.head_since == UNTIMED)
             return
         self.head_bytes = head
         HttpToolsProtocol.data_received(self, data)
@@ -180,17 +192,17 @@ class CoalescingHttpToolsProtocol(HttpToolsProtocol):
             self.head_since = now = self.loop.time()
             self.head_deadlines.watch(self, now + self.head_deadlines.timeout, self.loop)
 
-    def _receive_long_head(self, data: bytes) -> None:
+    def _receive_long_head(self, data: bytes, in_trailer: bool) -> None:
         """Parse a head only up to the limit: a body in the same read goes on as usual."""
         room = self.max_head_bytes - (self.head_bytes or 0)
         self.head_bytes = self.max_head_bytes  # on_headers_complete changes it if the head ends
         if room:
             super().data_received(data[:room])
         if self.head_bytes == self.max_head_bytes:
+            what = "trailer fields" if in_trailer else "request line and headers"
             self._refuse(
                 431,
-                f"request line and headers are over the limit of {self.max_head_bytes} bytes "
-                "(EDGE_MAX_HEADER_BYTES)",
+                f"{what} are over the limit of {self.max_head_bytes} bytes (EDGE_MAX_HEADER_BYTES)",
             )
         elif self.transport.get_protocol() is self and not self.transport.is_closing():
             self.data_received(data[room:])
@@ -202,9 +214,29 @@ class CoalescingHttpToolsProtocol(HttpToolsProtocol):
             self.head_deadlines.forget(self)
         HttpToolsProtocol.on_headers_complete(self)
 
+    def on_chunk_header(self) -> None:
+        # A chunk-size line was parsed. Its data comes next (on_body stops the count), or, after
+        # the last chunk, trailer fields, which httptools gathers as it gathers headers: they
+        # are counted as a head is, and timed by the body's deadline (EDGE_BODY_TIMEOUT_SECONDS).
+        self.head_bytes = 0
+        self.head_since = UNTIMED
+
+    def on_body(self, body: bytes) -> None:
+        self.head_bytes = None
+        HttpToolsProtocol.on_body(self, body)
+
     def on_message_complete(self) -> None:
         self.head_bytes = 0  # what comes next is the next request's head
+        self.head_since = None
         HttpToolsProtocol.on_message_complete(self)
+
+    def send_400_response(self, msg: str) -> None:
+        """uvicorn's answer to framing httptools cannot parse, as the service's JSON error.
+
+        uvicorn calls it while handling the parser's error, which names the fault."""
+        fault = sys.exc_info()[1]
+        detail = f": {fault}" if fault is not None and str(fault) else ""
+        self._refuse(400, f"malformed HTTP request{detail}")
 
     def overdue(self) -> None:
         """The head in progress missed its deadline: 408, or a plain close if nothing came."""
@@ -219,15 +251,38 @@ class CoalescingHttpToolsProtocol(HttpToolsProtocol):
             self.transport.close()
 
     def _refuse(self, status: int, message: str) -> None:
-        """Answer `status` with a JSON error and close; read and drop the input meanwhile."""
+        """Answer `status` with a JSON error and close; read and drop the input meanwhile.
+
+        The refusal never goes ahead of the answers owed to earlier requests on the connection,
+        running or queued (HTTP/1.1 answers in order): it waits for the last of them."""
         transport = self.transport
         self.head_deadlines.forget(self)
+        self.head_bytes = None  # nothing more is parsed or timed on this connection
         if transport.is_closing():
             return
         self.logger.info("%s - %s", ":".join(map(str, self.client or ())), message)
-        if self.cycle is not None and not self.cycle.response_complete:
-            transport.close()  # a pipelined request's answer is still owed: none can go first
-            return
+        answer = self._error_answer(status, message)
+        cycle = self.cycle
+        owed = bool(self.pipeline)  # requests queued: one before them is running
+        if cycle is not None and cycle.more_body:  # the refused bytes are its own body's framing
+            if cycle.response_started:
+                answer = b""  # its answer is begun or sent: the refusal answers nothing
+            else:
+                cycle.disconnected = True  # its app stops reading the body and answers nothing
+                cycle.message_event.set()
+                if owed and self.pipeline[0][0] is cycle:
+                    self.pipeline.popleft()  # queued (the newest is on the left): never run
+        owed = owed or (
+            cycle is not None and not cycle.response_complete and not cycle.disconnected
+        )
+        transport.set_protocol(Lingering(self))
+        if owed:
+            self.refusal = answer  # on_response_complete sends it after the last answer owed
+        else:
+            self._end(answer)
+
+    def _error_answer(self, status: int, message: str) -> bytes:
+        """A whole HTTP answer: `status`, the service's JSON error, and the connection closing."""
         body = json.dumps({"error": message}).encode()
         head = [STATUS_LINE[status]]
         for name, value in self.server_state.default_headers:
@@ -236,12 +291,20 @@ class CoalescingHttpToolsProtocol(HttpToolsProtocol):
             b"content-type: application/json\r\ncontent-length: %d\r\nconnection: close\r\n\r\n"
             % len(body)
         )
-        transport.write(b"".join(head) + body)
-        cast(CoalescingTransport, transport).flush()
+        return b"".join(head) + body
+
+    def _end(self, answer: bytes) -> None:
+        """Send `answer` (none if empty) and end the output; close after LINGER_SECONDS."""
+        self.refusal = None
+        transport = cast(CoalescingTransport, self.transport)
+        if transport.is_closing():
+            return
+        if answer:
+            transport.write(answer)
+        transport.flush()
         if transport.can_write_eof():
             transport.write_eof()  # the client sees the answer end; its writes are still read
-        lingering = Lingering(self)
-        transport.set_protocol(lingering)
+        lingering = transport.get_protocol()
         self.head_deadlines.watch(lingering, self.loop.time() + LINGER_SECONDS, self.loop)
 
     def on_response_complete(self) -> None:
@@ -249,7 +312,13 @@ class CoalescingHttpToolsProtocol(HttpToolsProtocol):
         # work (the app's layers unwinding, the task ending) then overlaps the client's turn.
         if ARRIVALS.alone:
             self.transport.flush()  # type: ignore[attr-defined]
+        if self.refusal is None:
+            super().on_response_complete()
+            return
+        last = not self.pipeline  # else the next queued request starts now
         super().on_response_complete()
+        if last:
+            self._end(self.refusal)
 
     def _start_asgi_task(self, cycle: RequestResponseCycle, app: ASGI3Application) -> None:
         cycle.scope["extensions"] = {SCOPE_KEY: {"connection": self.connection}}
@@ -270,9 +339,10 @@ class Lingering(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         pass
 
-    def eof_received(self) -> None:
-        # The client is done writing (and has the answer): the transport closes.
-        return None
+    def eof_received(self) -> bool:
+        # The client is done writing. With the answers sent, the transport closes; while a
+        # refusal waits for an earlier answer, it stays open to send both.
+        return self.owner.refusal is not None
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.owner.head_deadlines.forget(self)

@@ -1,9 +1,12 @@
-"""Request heads bounded in size and time, over real sockets to a real server (service.http).
+"""Request heads and framing bounded, over real sockets to a real server (service.http).
 
 uvicorn's httptools protocol parsed a head of any size for any time: a 100 MB header value
 stalled /v2/health/live for 6-7 s and added 160 MB of RSS, and a header line every 5 s kept a
 connection open for good. Now a head over EDGE_MAX_HEADER_BYTES gets 431, one slower than
-EDGE_HEADER_TIMEOUT_SECONDS gets 408, both as JSON, and the connection closes.
+EDGE_HEADER_TIMEOUT_SECONDS gets 408, both as JSON, and the connection closes. A chunked
+body's trailer is held to the same limit (a 100 MB one stalled health for 5 s), framing the
+parser refuses gets a JSON 400 (it was uvicorn's plain text), and no refusal goes ahead of an
+answer owed to a request before it on the connection.
 """
 
 from __future__ import annotations
@@ -88,12 +91,16 @@ def closed_within(sock: socket.socket, seconds: float) -> bool:
     return True
 
 
-def stream_big_header(sock: socket.socket, stop: threading.Event | None = None) -> int:
-    """A GET whose one header value runs to BIG_HEADER_BYTES; the bytes the server took."""
+def stream_big_header(
+    sock: socket.socket,
+    stop: threading.Event | None = None,
+    opening: bytes = b"GET /v2/health/live HTTP/1.1\r\nHost: x\r\nX-Big: ",
+) -> int:
+    """`opening`, then one header value running to BIG_HEADER_BYTES; the bytes the server took."""
     sent = 0
     chunk = b"a" * (1024 * 1024)
     try:
-        sock.sendall(b"GET /v2/health/live HTTP/1.1\r\nHost: x\r\nX-Big: ")
+        sock.sendall(opening)
         while sent < BIG_HEADER_BYTES and not (stop and stop.is_set()):
             sock.sendall(chunk)
             sent += len(chunk)
@@ -243,3 +250,121 @@ def test_typical_requests_still_pass(server: Any, held_out: tuple[np.ndarray, np
         assert status == 200, answer
         assert json.loads(answer)["outputs"][0]["shape"] == [1, 10]
         assert read_reply(sock)[0] == 200
+
+
+def digits_json(images: np.ndarray, padding: int = 0) -> bytes:
+    """A JSON infer body for one digits image, padded with `padding` spaces (still valid)."""
+    payload = {"inputs": [{"name": "input", "shape": [1, 1, 8, 8], "datatype": "FP32",
+                           "data": images[:1].ravel().tolist()}]}  # fmt: skip
+    return json.dumps(payload).encode() + b" " * padding
+
+
+def chunked_head(path: str = INFER) -> bytes:
+    return (
+        f"POST {path} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        "Transfer-Encoding: chunked\r\n\r\n"
+    ).encode()
+
+
+def chunk(data: bytes) -> bytes:
+    return b"%x\r\n%s\r\n" % (len(data), data)
+
+
+def test_a_100_mb_trailer_gets_431_and_the_server_keeps_none_of_it(
+    server: Any, held_out: tuple[np.ndarray, np.ndarray]
+) -> None:
+    """A whole chunked body, then a trailer field whose value never ends."""
+    pid = server.process.pid
+    rss_before = rss_bytes(pid)
+    opening = chunked_head() + chunk(digits_json(held_out[0])) + b"0\r\nX-Big: "
+    with connect(server) as sock:
+        started = time.perf_counter()
+        sender = threading.Thread(target=stream_big_header, args=(sock, None, opening))
+        sender.start()
+        status, headers, body = read_reply(sock)
+        answered = time.perf_counter() - started
+        sender.join(timeout=30)
+        assert closed_within(sock, 10)
+    rss_after = rss_bytes(pid)
+    assert status == 431 and answered < 1.0, (status, answered)
+    assert headers["content-type"] == "application/json"
+    error = json.loads(body)["error"]
+    assert "trailer fields" in error and "EDGE_MAX_HEADER_BYTES" in error, error
+    assert rss_after - rss_before < RSS_GROWTH_LIMIT, (rss_before, rss_after)
+
+
+def test_chunks_larger_than_the_head_limit_and_a_small_trailer_pass(
+    server: Any, held_out: tuple[np.ndarray, np.ndarray]
+) -> None:
+    """Chunk data is body, not head, however many reads it spans; the connection then serves
+    its next request."""
+    body = digits_json(held_out[0], padding=HEAD_LIMIT * 4)
+    half = len(body) // 2
+    with connect(server) as sock:
+        sock.sendall(chunked_head() + chunk(body[:half])[: HEAD_LIMIT * 2])
+        time.sleep(0.1)  # the chunk's data arrives over several reads
+        sock.sendall(chunk(body[:half])[HEAD_LIMIT * 2 :])
+        time.sleep(0.1)
+        sock.sendall(chunk(body[half:]) + b"0\r\nX-Checksum: 1234\r\n\r\n")
+        status, _, answer = read_reply(sock)
+        assert status == 200, answer
+        assert json.loads(answer)["outputs"][0]["shape"] == [1, 10]
+        sock.sendall(b"GET /v2/health/live HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert read_reply(sock)[0] == 200
+
+
+MALFORMED = {
+    "content-length": b"POST %s HTTP/1.1\r\nHost: x\r\nContent-Length: 1x\r\n\r\n" % INFER.encode(),
+    "both lengths": (
+        b"POST %s HTTP/1.1\r\nHost: x\r\nContent-Length: 4\r\n"
+        b"Transfer-Encoding: chunked\r\n\r\n" % INFER.encode()
+    ),
+    "header name": b"GET /v2/health/live HTTP/1.1\r\nHost: x\r\nBad Name: 1\r\n\r\n",
+    "chunk size": chunked_head() + b'7\r\n{"input\r\nzz\r\n',
+}
+
+
+@pytest.mark.parametrize("case", MALFORMED)
+def test_malformed_framing_gets_a_json_400_naming_the_fault(server: Any, case: str) -> None:
+    with connect(server) as sock:
+        sock.sendall(MALFORMED[case])
+        status, headers, body = read_reply(sock)
+        assert status == 400, body
+        assert headers["content-type"] == "application/json"
+        error = json.loads(body)["error"]
+        assert error.startswith("malformed HTTP request: "), error
+        assert closed_within(sock, 5)
+    assert httpx.get(f"{server.url}/v2/health/live", timeout=10).status_code == 200
+
+
+@pytest.mark.parametrize(
+    ("refused", "status"),
+    [
+        (MALFORMED["header name"], 400),
+        # Past the limit by more than a socket read (256 KiB): behind other requests in one
+        # read, a head is counted from the read after the one it starts in.
+        (b"GET /v2/health/live HTTP/1.1\r\nX-Pad: " + b"p" * 2**19 + b"\r\n\r\n", 431),
+    ],
+)
+def test_a_refusal_waits_for_the_answer_owed_before_it(
+    server: Any, held_out: tuple[np.ndarray, np.ndarray], refused: bytes, status: int
+) -> None:
+    """Good requests and a refused one pipelined in one write: the good ones are answered
+    first, in order (the first used to be dropped, or answered by the refusal), then the
+    refusal, then the close."""
+    body = digits_json(held_out[0])
+    good = (
+        f"POST {INFER} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        f"Content-Length: {len(body)}\r\n\r\n"
+    ).encode() + body
+    health = b"GET /v2/health/live HTTP/1.1\r\nHost: x\r\n\r\n"
+    for queued in ((), (health,)):
+        with connect(server) as sock:
+            sock.sendall(b"".join((good, *queued, refused)))
+            first, _, answer = read_reply(sock)
+            assert first == 200 and json.loads(answer)["outputs"][0]["shape"] == [1, 10]
+            for _ in queued:
+                assert read_reply(sock)[0] == 200
+            last, _, answer = read_reply(sock)
+            assert last == status and "error" in json.loads(answer), answer
+            assert closed_within(sock, 5)
