@@ -57,10 +57,11 @@ def main(argv: list[str] | None = None) -> None:
         log_level=settings.log_level,
         access_log=settings.access_log,
         # uvloop + httptools (dependencies), measured the fastest here; one send per answer;
-        # request heads bounded (httptools alone parses any size, for any time).
+        # request heads and trailers bounded (httptools alone parses any size, for any time),
+        # and what that refuses counted in the app's metrics.
         loop="auto",
         http=CoalescingHttpToolsProtocol.limited(
-            settings.max_header_bytes, settings.header_timeout_seconds
+            settings.max_header_bytes, settings.header_timeout_seconds, app.state.metrics.refused
         ),
         # No X-Forwarded-* rewriting (nothing here reads the client address) and no Server
         # header to advertise: each cost every request a pass over its headers.

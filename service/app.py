@@ -89,6 +89,7 @@ def create_app(settings: Settings) -> EdgeApp:
     app.state.settings = settings
     app.state.draining = False  # set on SIGTERM (service/__main__.py): readiness says 503
     app.state.registry = registry
+    app.state.metrics = metrics
     app.state.inference = inference = Inference(metrics, settings)
     install_error_handlers(app)
     app.include_router(v2.router)

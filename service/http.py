@@ -24,6 +24,7 @@ import json
 import sys
 from typing import Any, Protocol, cast
 
+from prometheus_client import Counter
 from uvicorn._types import ASGI3Application
 from uvicorn.protocols.http import httptools_impl
 from uvicorn.protocols.http.httptools_impl import (
@@ -140,6 +141,8 @@ class CoalescingHttpToolsProtocol(HttpToolsProtocol):
     """Request line + headers allowed; the parser never sees more (one read more at most)."""
     head_deadlines = HeadDeadlines(HEAD_TIMEOUT_SECONDS)
     """Heads in progress across reads, and refused connections lingering (one per server)."""
+    refused: Counter | None = None
+    """Refusals by status (edge_refused_requests_total), where the app's metrics are given."""
 
     head_bytes: int | None
     """Bytes read of the head in progress (0: none yet); None while a body or an answer is."""
@@ -150,10 +153,16 @@ class CoalescingHttpToolsProtocol(HttpToolsProtocol):
     bytes counted are a chunked body's trailer, which the body's deadline times)."""
 
     @classmethod
-    def limited(cls, max_head_bytes: int, head_timeout: float) -> type[CoalescingHttpToolsProtocol]:
+    def limited(
+        cls, max_head_bytes: int, head_timeout: float, refused: Counter
+    ) -> type[CoalescingHttpToolsProtocol]:
         """This protocol with the service's head limits (EDGE_MAX_HEADER_BYTES and
-        EDGE_HEADER_TIMEOUT_SECONDS), for `uvicorn.Config(http=...)`."""
-        limits = {"max_head_bytes": max_head_bytes, "head_deadlines": HeadDeadlines(head_timeout)}
+        EDGE_HEADER_TIMEOUT_SECONDS) and refusal counter, for `uvicorn.Config(http=...)`."""
+        limits = {
+            "max_head_bytes": max_head_bytes,
+            "head_deadlines": HeadDeadlines(head_timeout),
+            "refused": refused,
+        }
         return cast(type[CoalescingHttpToolsProtocol], type(cls.__name__, (cls,), limits))
 
     def get_loop(self) -> asyncio.AbstractEventLoop:
@@ -261,6 +270,8 @@ class CoalescingHttpToolsProtocol(HttpToolsProtocol):
         if transport.is_closing():
             return
         self.logger.info("%s - %s", ":".join(map(str, self.client or ())), message)
+        if self.refused is not None:
+            self.refused.labels(str(status)).inc()
         answer = self._error_answer(status, message)
         cycle = self.cycle
         owed = bool(self.pipeline)  # requests queued: one before them is running

@@ -4,7 +4,8 @@ Every inference metric carries `model` and `version` (the variant: fp32, int8, .
 labels only ever come from the model registry's own (model, variant) pairs: a route resolves
 the runtime first and labels after, so a client's unknown model name never becomes a series.
 Inference requests answered with an error before a variant was resolved (unknown model 404,
-body too large 413, validation 422, not ready 503) are counted by status alone.
+body too large 413, validation 422, not ready 503) are counted by status alone, and so are
+requests the HTTP layer refuses before the app sees them (service.http: 400, 408, 431).
 
 Buckets. Latency, queue and compute histograms share one set of 22 buckets, in seconds, from
 50 µs to 10 s: steps of about x1.5-x2.5 below 2.5 ms, where the small INT8 models live (the
@@ -56,6 +57,7 @@ LABELS = ("model", "version")
 # Outcomes that exist from the first scrape, so rate() and error ratios start at zero.
 RESOLVED_STATUSES = ("200", "400", "499", "500", "503")
 REJECTED_STATUSES = ("400", "404", "413", "422", "503")
+REFUSED_STATUSES = ("400", "408", "431")
 # POSTs here are inference requests (v2 infer/compare and the task endpoints).
 INFERENCE_PREFIXES = ("/v2/models/", "/tasks/")
 # CPU features that decide which ONNX Runtime kernels run (INT8 speed-ups in particular).
@@ -111,6 +113,15 @@ class Metrics:
             ("status",),
             registry=registry,
         )
+        self.refused = Counter(
+            "edge_refused_requests",
+            "Requests the HTTP layer refused before the app saw them, on any route: framing it "
+            "cannot parse 400, request line and headers too slow 408, or too large (or a "
+            "chunked trailer) 431. A request refused in its own body framing also ends in the "
+            "app as a 499.",
+            ("status",),
+            registry=registry,
+        )
         self.batch_size = Histogram(
             "edge_inference_batch_size",
             "Rows (first tensor axis) per session.run call.",
@@ -137,6 +148,8 @@ class Metrics:
         self._bound: dict[tuple[str, str], VariantMetrics] = {}
         for status in REJECTED_STATUSES:
             self.rejected.labels(status)
+        for status in REFUSED_STATUSES:
+            self.refused.labels(status)
 
     def variant(self, model: str, variant: str) -> VariantMetrics:
         """The variant's label children, bound once: no label lookup per observation."""

@@ -145,6 +145,27 @@ def test_every_metric_used_exists(source: str, exported: set[str], tmp_path: Pat
     assert not missing, f"{source} uses metrics the service does not export: {missing}"
 
 
+def documented_metrics(text: str) -> set[str]:
+    """Metric names in `text`'s code spans; `a_{b,c}_d` stands for a_b_d and a_c_d."""
+    names = set()
+    for stem, choices, tail in re.findall(r"`(edge_\w*)(?:\{([\w,]+)\}(\w+))?", text):
+        names |= {stem + choice + tail for choice in choices.split(",")} if tail else {stem}
+    return names
+
+
+def test_every_service_metric_is_documented(exported: set[str], tmp_path: Path) -> None:
+    """deploy/prometheus/README.md is where operators look a metric up: none is left out."""
+    documented = documented_metrics((PROMETHEUS / "README.md").read_text())
+    suffixes = ("_bucket", "_count", "_sum", "_created")
+    families = {
+        name
+        for name in exported | cgroup_names(tmp_path)
+        if name.startswith("edge_") and not name.endswith(suffixes)
+    }
+    missing = sorted(families - documented)
+    assert not missing, f"exported but not in deploy/prometheus/README.md: {missing}"
+
+
 def test_recording_rule_names_follow_the_convention() -> None:
     for rule in load_rules():
         if "record" in rule:

@@ -93,6 +93,8 @@ def test_label_sets_exist_before_any_traffic(before: Samples) -> None:
         assert value(before, "edge_model_file_bytes", **labels) > 0
     for status in ("400", "404", "413", "422", "503"):
         assert value(before, "edge_rejected_requests_total", status=status) == 0
+    for status in ("400", "408", "431"):
+        assert value(before, "edge_refused_requests_total", status=status) == 0
 
 
 def test_latency_buckets_go_from_50_us_to_10_s(before: Samples) -> None:

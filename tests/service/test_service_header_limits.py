@@ -24,6 +24,7 @@ import httpx
 import numpy as np
 import pytest
 import tritonclient.http as httpclient
+from prometheus_client.parser import text_string_to_metric_families
 from pydantic import ValidationError
 
 from loadtests.process import rss_bytes
@@ -368,3 +369,32 @@ def test_a_refusal_waits_for_the_answer_owed_before_it(
             last, _, answer = read_reply(sock)
             assert last == status and "error" in json.loads(answer), answer
             assert closed_within(sock, 5)
+
+
+def refusals(server: Any) -> dict[str, float]:
+    """edge_refused_requests_total by status, from the server's /metrics."""
+    text = httpx.get(f"{server.url}/metrics", timeout=10).text
+    return {
+        sample.labels["status"]: sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+        if sample.name == "edge_refused_requests_total"
+    }
+
+
+def test_refusals_are_counted_by_status(server: Any) -> None:
+    """Refused before the app saw them, so only the HTTP layer can count them."""
+    before = refusals(server)
+    for refused in (MALFORMED["header name"], b"GET / HTTP/1.1\r\nX-Pad: " + b"p" * HEAD_LIMIT):
+        with connect(server) as sock:
+            sock.sendall(refused)
+            read_reply(sock)
+    with connect(server) as sock:
+        sock.sendall(b"GET /v2/health/live HTTP/1.1\r\n")  # and no end: 408
+        read_reply(sock)
+    after = refusals(server)
+    assert {status: after[status] - before[status] for status in after} == {
+        "400": 1,
+        "408": 1,
+        "431": 1,
+    }
