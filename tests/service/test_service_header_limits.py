@@ -4,7 +4,7 @@ uvicorn's httptools protocol parsed a head of any size for any time: a 100 MB he
 stalled /v2/health/live for 6-7 s and added 160 MB of RSS, and a header line every 5 s kept a
 connection open for good. Now a head over EDGE_MAX_HEADER_BYTES gets 431, one slower than
 EDGE_HEADER_TIMEOUT_SECONDS gets 408, both as JSON, and the connection closes. A chunked
-body's trailer is held to the same limit (a 100 MB one stalled health for 5 s), framing the
+body's trailer is held to the same limit (a 100 MB one stalled health for 5-7 s), framing the
 parser refuses gets a JSON 400 (it was uvicorn's plain text), and no refusal goes ahead of an
 answer owed to a request before it on the connection.
 """
@@ -108,6 +108,32 @@ def stream_big_header(
     except OSError:  # the server closed it: what a client streaming on may see
         pass
     return sent
+
+
+def digits_json(images: np.ndarray, padding: int = 0) -> bytes:
+    """A JSON infer body for one digits image, padded with `padding` spaces (still valid)."""
+    payload = {"inputs": [{"name": "input", "shape": [1, 1, 8, 8], "datatype": "FP32",
+                           "data": images[:1].ravel().tolist()}]}  # fmt: skip
+    return json.dumps(payload).encode() + b" " * padding
+
+
+def infer_request(body: bytes) -> bytes:
+    """A whole POST of `body` to digits' fp32 infer, with its Content-Length."""
+    return (
+        f"POST {INFER} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        f"Content-Length: {len(body)}\r\n\r\n"
+    ).encode() + body
+
+
+def chunked_head(path: str = INFER) -> bytes:
+    return (
+        f"POST {path} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        "Transfer-Encoding: chunked\r\n\r\n"
+    ).encode()
+
+
+def chunk(data: bytes) -> bytes:
+    return b"%x\r\n%s\r\n" % (len(data), data)
 
 
 def test_settings_default_to_the_protocols_own_limits(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -236,14 +262,7 @@ def test_typical_requests_still_pass(server: Any, held_out: tuple[np.ndarray, np
     finally:
         triton.close()
 
-    data = images[:1].ravel().tolist()
-    payload = {"inputs": [{"name": "input", "shape": [1, 1, 8, 8], "datatype": "FP32",
-                           "data": data}]}  # fmt: skip
-    body = json.dumps(payload).encode() + b" " * (HEAD_LIMIT * 6)  # valid JSON, padded
-    request = (
-        f"POST {INFER} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
-        f"Content-Length: {len(body)}\r\n\r\n"
-    ).encode() + body
+    request = infer_request(digits_json(images, padding=HEAD_LIMIT * 6))
     health = b"GET /v2/health/live HTTP/1.1\r\nHost: x\r\n\r\n"
     with connect(server) as sock:
         sock.sendall(request + health)
@@ -251,24 +270,6 @@ def test_typical_requests_still_pass(server: Any, held_out: tuple[np.ndarray, np
         assert status == 200, answer
         assert json.loads(answer)["outputs"][0]["shape"] == [1, 10]
         assert read_reply(sock)[0] == 200
-
-
-def digits_json(images: np.ndarray, padding: int = 0) -> bytes:
-    """A JSON infer body for one digits image, padded with `padding` spaces (still valid)."""
-    payload = {"inputs": [{"name": "input", "shape": [1, 1, 8, 8], "datatype": "FP32",
-                           "data": images[:1].ravel().tolist()}]}  # fmt: skip
-    return json.dumps(payload).encode() + b" " * padding
-
-
-def chunked_head(path: str = INFER) -> bytes:
-    return (
-        f"POST {path} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
-        "Transfer-Encoding: chunked\r\n\r\n"
-    ).encode()
-
-
-def chunk(data: bytes) -> bytes:
-    return b"%x\r\n%s\r\n" % (len(data), data)
 
 
 def test_a_100_mb_trailer_gets_431_and_the_server_keeps_none_of_it(
@@ -353,11 +354,7 @@ def test_a_refusal_waits_for_the_answer_owed_before_it(
     """Good requests and a refused one pipelined in one write: the good ones are answered
     first, in order (the first used to be dropped, or answered by the refusal), then the
     refusal, then the close."""
-    body = digits_json(held_out[0])
-    good = (
-        f"POST {INFER} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
-        f"Content-Length: {len(body)}\r\n\r\n"
-    ).encode() + body
+    good = infer_request(digits_json(held_out[0]))
     health = b"GET /v2/health/live HTTP/1.1\r\nHost: x\r\n\r\n"
     for queued in ((), (health,)):
         with connect(server) as sock:
