@@ -192,7 +192,7 @@ class CoalescingHttpToolsProtocol(HttpToolsProtocol):
             return
         head += len(data)
         if head > self.max_head_bytes:
-            self._receive_long_head(data, in_trailer=self.head_since == UNTIMED)
+            self._receive_long_head(data)
             return
         self.head_bytes = head
         HttpToolsProtocol.data_received(self, data)
@@ -201,14 +201,14 @@ class CoalescingHttpToolsProtocol(HttpToolsProtocol):
             self.head_since = now = self.loop.time()
             self.head_deadlines.watch(self, now + self.head_deadlines.timeout, self.loop)
 
-    def _receive_long_head(self, data: bytes, in_trailer: bool) -> None:
+    def _receive_long_head(self, data: bytes) -> None:
         """Parse a head only up to the limit: a body in the same read goes on as usual."""
         room = self.max_head_bytes - (self.head_bytes or 0)
         self.head_bytes = self.max_head_bytes  # on_headers_complete changes it if the head ends
         if room:
             super().data_received(data[:room])
         if self.head_bytes == self.max_head_bytes:
-            what = "trailer fields" if in_trailer else "request line and headers"
+            what = "trailer fields" if self.head_since == UNTIMED else "request line and headers"
             self._refuse(
                 431,
                 f"{what} are over the limit of {self.max_head_bytes} bytes (EDGE_MAX_HEADER_BYTES)",
