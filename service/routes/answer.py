@@ -28,6 +28,12 @@ Answer = tuple[Body, RawHeaders] | None
 """A route's work done: the body and headers of its 200, or None when the client has gone."""
 
 
+def number_or_zero(text: str) -> int:
+    """A header's or query's digits as a number, else 0 (ASCII only: int() refuses "²",
+    isdigit() does not)."""
+    return int(text) if text.isascii() and text.isdigit() else 0
+
+
 class PlainRoute:
     """ASGI middleware: a POST whose path matches `path` is answered by `handle`; others pass on."""
 

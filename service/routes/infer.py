@@ -28,7 +28,7 @@ from service.protocol import (
     encode_response,
 )
 from service.registry import Registry
-from service.routes.answer import Answer, PlainRoute
+from service.routes.answer import Answer, PlainRoute, number_or_zero
 
 INFER_PATH = re.compile(r"^/v2/models/(?P<model>[^/]+)(?:/versions/(?P<version>[^/]+))?/infer$")
 # JSON bodies and JSON outputs above these sizes are parsed/written in a worker thread, so the
@@ -76,7 +76,7 @@ async def decode_body(
 ) -> DecodedRequest:
     """Decompress and decode; in a worker thread when there is much JSON or gzip to read."""
     identity = encoding is None or encoding.lower() == "identity"
-    json_bytes = len(body) if header_length is None else _int_or_zero(header_length)
+    json_bytes = len(body) if header_length is None else number_or_zero(header_length)
     if identity and json_bytes <= OFFLOAD_BODY_BYTES:
         return decode_request(body, header_length, limits)
 
@@ -105,11 +105,6 @@ def decompress(body: bytes, encoding: str | None, limit: int) -> bytes:
             f"decompressed body is over the limit of {limit} bytes (EDGE_MAX_REQUEST_BYTES)"
         )
     return out
-
-
-def _int_or_zero(text: str) -> int:
-    """A header's digits as a number, else 0 (ASCII only: int() refuses "²", isdigit() not)."""
-    return int(text) if text.isascii() and text.isdigit() else 0
 
 
 class InferRoute(PlainRoute):

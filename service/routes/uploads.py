@@ -19,7 +19,7 @@ from starlette.types import Receive, Scope
 from service.connections import connection_of
 from service.errors import BadRequest, Unprocessable
 from service.protocol import dumps
-from service.routes.answer import JSON, Answer, PlainRoute
+from service.routes.answer import JSON, Answer, PlainRoute, number_or_zero
 from service.routes.tasks import (
     TOP_K_DEFAULT,
     TOP_K_MAX,
@@ -58,8 +58,7 @@ def _top_k(text: str | None) -> int:
     """The top_k query parameter: an integer from 1 to TOP_K_MAX (422 otherwise)."""
     if text is None:
         return TOP_K_DEFAULT
-    digits = text.strip()
-    value = int(digits) if digits.isascii() and digits.isdigit() else 0
+    value = number_or_zero(text.strip())
     if not 1 <= value <= TOP_K_MAX:
         raise Unprocessable(f"query.top_k: an integer from 1 to {TOP_K_MAX}, not {text!r}")
     return value
