@@ -38,6 +38,7 @@ BIG_HEADER_BYTES = 100 * 1024 * 1024  # the probe's header value
 RSS_GROWTH_LIMIT = 16 * 1024 * 1024  # before the fix: +160 MB for one 100 MB header
 HEALTH_LIMIT_SECONDS = 0.5  # before the fix: 6-7 s while one 100 MB header streamed
 INFER = "/v2/models/digits/versions/fp32/infer"
+BIG_HEAD_OPENING = b"GET /v2/health/live HTTP/1.1\r\nHost: x\r\nX-Big: "  # then the value
 
 
 @pytest.fixture(scope="module")
@@ -95,7 +96,7 @@ def closed_within(sock: socket.socket, seconds: float) -> bool:
 def stream_big_header(
     sock: socket.socket,
     stop: threading.Event | None = None,
-    opening: bytes = b"GET /v2/health/live HTTP/1.1\r\nHost: x\r\nX-Big: ",
+    opening: bytes = BIG_HEAD_OPENING,
 ) -> int:
     """`opening`, then one header value running to BIG_HEADER_BYTES; the bytes the server took."""
     sent = 0
@@ -145,18 +146,28 @@ def test_settings_default_to_the_protocols_own_limits(monkeypatch: pytest.Monkey
         Settings()
 
 
-def test_a_100_mb_header_gets_431_at_once_and_the_server_keeps_none_of_it(server: Any) -> None:
+def answer_to_a_big_header(
+    server: Any, opening: bytes
+) -> tuple[int, dict[str, str], bytes, float, tuple[int, int]]:
+    """`opening` then a header value streamed to BIG_HEADER_BYTES (stream_big_header): the
+    answer, the seconds it took, and the server's RSS before and after; the close is checked."""
     pid = server.process.pid
     rss_before = rss_bytes(pid)
     with connect(server) as sock:
         started = time.perf_counter()
-        sender = threading.Thread(target=stream_big_header, args=(sock,))
+        sender = threading.Thread(target=stream_big_header, args=(sock, None, opening))
         sender.start()
         status, headers, body = read_reply(sock)
         answered = time.perf_counter() - started
         sender.join(timeout=30)
         assert closed_within(sock, 10)
-    rss_after = rss_bytes(pid)
+    return status, headers, body, answered, (rss_before, rss_bytes(pid))
+
+
+def test_a_100_mb_header_gets_431_at_once_and_the_server_keeps_none_of_it(server: Any) -> None:
+    status, headers, body, answered, (rss_before, rss_after) = answer_to_a_big_header(
+        server, BIG_HEAD_OPENING
+    )
     assert status == 431 and answered < 1.0, answered
     assert headers["content-type"] == "application/json" and headers["connection"] == "close"
     assert "EDGE_MAX_HEADER_BYTES" in json.loads(body)["error"]
@@ -276,18 +287,10 @@ def test_a_100_mb_trailer_gets_431_and_the_server_keeps_none_of_it(
     server: Any, held_out: tuple[np.ndarray, np.ndarray]
 ) -> None:
     """A whole chunked body, then a trailer field whose value never ends."""
-    pid = server.process.pid
-    rss_before = rss_bytes(pid)
     opening = chunked_head() + chunk(digits_json(held_out[0])) + b"0\r\nX-Big: "
-    with connect(server) as sock:
-        started = time.perf_counter()
-        sender = threading.Thread(target=stream_big_header, args=(sock, None, opening))
-        sender.start()
-        status, headers, body = read_reply(sock)
-        answered = time.perf_counter() - started
-        sender.join(timeout=30)
-        assert closed_within(sock, 10)
-    rss_after = rss_bytes(pid)
+    status, headers, body, answered, (rss_before, rss_after) = answer_to_a_big_header(
+        server, opening
+    )
     assert status == 431 and answered < 1.0, (status, answered)
     assert headers["content-type"] == "application/json"
     error = json.loads(body)["error"]
